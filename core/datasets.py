@@ -1,0 +1,149 @@
+"""Datasets and their immutable versions: creation, lookup scoped to a tenant, serialisation, deletion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.errors import Conflict, InvalidInput, NotFound
+from core.models import Dataset, DatasetVersion, Image
+
+
+def dataset_prefix(tenant_id: str, dataset_id: str) -> str:
+    return f"tenants/{tenant_id}/datasets/{dataset_id}"
+
+
+def blob_key(tenant_id: str, dataset_id: str, sha256: str) -> str:
+    return f"{dataset_prefix(tenant_id, dataset_id)}/blobs/{sha256[:2]}/{sha256}"
+
+
+def canonical_key(tenant_id: str, dataset_id: str, sha256: str) -> str:
+    return f"{dataset_prefix(tenant_id, dataset_id)}/canonical/{sha256[:2]}/{sha256}.png"
+
+
+def upload_key(tenant_id: str, job_id: str, name: str = "archive.zip") -> str:
+    return f"tenants/{tenant_id}/uploads/{job_id}/{name}"
+
+
+def check_split_params(val_fraction: float, test_fraction: float) -> None:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise InvalidInput(f"{name} must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise InvalidInput(
+            f"val_fraction + test_fraction must leave images for training (got {val_fraction + test_fraction:.2f})"
+        )
+
+
+def check_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name or len(name) > 200:
+        raise InvalidInput("name must be 1 to 200 characters")
+    return name
+
+
+def create_dataset(
+    session: Session, tenant_id: str, name: str, params: dict[str, Any]
+) -> tuple[Dataset, DatasetVersion]:
+    dataset = Dataset(tenant_id=tenant_id, name=check_name(name))
+    session.add(dataset)
+    session.flush()
+    version = DatasetVersion(dataset_id=dataset.id, version=1, status="processing", params=params)
+    session.add(version)
+    session.flush()
+    return dataset, version
+
+
+def new_version(session: Session, dataset: Dataset) -> DatasetVersion:
+    """The next version, built on the latest ready one. Only one version is processed at a time."""
+    latest = latest_version(session, dataset.id)
+    if latest is not None and latest.status == "processing":
+        raise Conflict(f"version {latest.version} of dataset {dataset.id} is still processing; retry when it is ready")
+    parent = latest_ready_version(session, dataset.id)
+    params = dict(parent.params) if parent else {}
+    params["parent_version_id"] = parent.id if parent else None
+    number = (latest.version if latest else 0) + 1
+    version = DatasetVersion(dataset_id=dataset.id, version=number, status="processing", params=params)
+    session.add(version)
+    session.flush()
+    return version
+
+
+def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None or dataset.tenant_id != tenant_id:
+        raise NotFound(f"dataset {dataset_id!r} not found")
+    return dataset
+
+
+def list_datasets(session: Session, tenant_id: str) -> list[Dataset]:
+    return list(session.scalars(select(Dataset).where(Dataset.tenant_id == tenant_id).order_by(Dataset.created_at)))
+
+
+def latest_version(session: Session, dataset_id: str) -> DatasetVersion | None:
+    stmt = select(DatasetVersion).where(DatasetVersion.dataset_id == dataset_id).order_by(DatasetVersion.version.desc())
+    return session.scalars(stmt.limit(1)).first()
+
+
+def latest_ready_version(session: Session, dataset_id: str) -> DatasetVersion | None:
+    stmt = (
+        select(DatasetVersion)
+        .where(DatasetVersion.dataset_id == dataset_id, DatasetVersion.status == "ready")
+        .order_by(DatasetVersion.version.desc())
+    )
+    return session.scalars(stmt.limit(1)).first()
+
+
+def get_version(session: Session, dataset: Dataset, number: int | None) -> DatasetVersion:
+    if number is None:
+        version = latest_version(session, dataset.id)
+    else:
+        version = session.scalar(
+            select(DatasetVersion).where(DatasetVersion.dataset_id == dataset.id, DatasetVersion.version == number)
+        )
+    if version is None:
+        raise NotFound(f"dataset {dataset.id!r} has no version {number}")
+    return version
+
+
+def ready_version(session: Session, tenant_id: str, dataset_id: str, number: int | None = None) -> DatasetVersion:
+    """The version to train on: the one asked for, or the latest ready one; refuses one still processing."""
+    dataset = get_dataset(session, tenant_id, dataset_id)
+    version = get_version(session, dataset, number) if number is not None else latest_ready_version(session, dataset.id)
+    if version is None or version.status != "ready":
+        raise Conflict(f"dataset {dataset_id!r} has no ready version yet; wait for its ingestion job to finish")
+    return version
+
+
+def version_images(session: Session, version_id: str, split: str | None = None) -> list[Image]:
+    stmt = select(Image).where(Image.version_id == version_id)
+    if split is not None:
+        stmt = stmt.where(Image.split == split)
+    return list(session.scalars(stmt.order_by(Image.sha256)))
+
+
+def count_images(session: Session, version_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(Image).where(Image.version_id == version_id)) or 0
+
+
+def dataset_to_dict(session: Session, dataset: Dataset, version: DatasetVersion | None = None) -> dict[str, Any]:
+    version = version or latest_version(session, dataset.id)
+    body: dict[str, Any] = {"id": dataset.id, "name": dataset.name, "created_at": dataset.created_at.isoformat()}
+    if version is None:
+        return body | {"version": 0, "status": "empty", "num_images": 0, "classes": {}, "splits": {}, "rejected": []}
+    return body | {
+        "version": version.version,
+        "version_id": version.id,
+        "status": version.status,
+        "job_id": version.job_id,
+        "num_images": version.num_images,
+        "classes": version.classes,
+        "splits": version.splits,
+        "rejected": version.rejected,
+        "duplicates": version.duplicates,
+        "params": {k: v for k, v in version.params.items() if k in ("val_fraction", "test_fraction", "seed")},
+        "error": version.params.get("error"),
+        "versions": [{"version": v.version, "status": v.status, "num_images": v.num_images} for v in dataset.versions],
+    }

@@ -1,0 +1,81 @@
+"""One hierarchy of domain errors. Each carries its HTTP status and a stable code; the service renders
+them as ``{"error": {"code", "message"}}`` in one handler. Nothing outside ``service/`` raises
+``HTTPException``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TLServeError(Exception):
+    status_code: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+class InvalidInput(TLServeError):
+    """The client sent something we cannot use; the message says what to fix."""
+
+    status_code = 422
+    code = "invalid_input"
+
+
+class BadRequest(TLServeError):
+    status_code = 400
+    code = "bad_request"
+
+
+class Unauthorized(TLServeError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFound(TLServeError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(TLServeError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(TLServeError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(TLServeError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class ServiceUnavailable(TLServeError):
+    status_code = 503
+    code = "unavailable"
+
+
+class JobCancelled(TLServeError):
+    """Raised inside a job when a cancel request is seen; the task base marks the job cancelled."""
+
+    status_code = 409
+    code = "job_cancelled"
+
+
+class WeightsError(TLServeError):
+    """A weights file is missing, fails its checksum or does not fit the architecture."""
+
+    status_code = 422
+    code = "weights_error"
