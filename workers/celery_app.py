@@ -1,0 +1,53 @@
+"""The Celery app. Messages carry a job id and nothing else (JSON only); a task is acknowledged after it
+finishes (``acks_late``) and re-queued when its worker dies (``task_reject_on_worker_lost``), one message
+at a time per process (prefetch 1), with a visibility timeout above the longest job."""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from core.settings import get_settings
+
+QUEUES = ("cpu", "gpu")
+
+
+def make_celery() -> Celery:
+    settings = get_settings()
+    app = Celery("tlserve", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue="cpu",
+        task_create_missing_queues=True,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": settings.broker_restore_interval_s,
+            "unacked_restore_throttle": 1,
+        },
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        enable_utc=True,
+    )
+    return app
+
+
+app = make_celery()
+
+
+@worker_process_init.connect
+def _init_worker_process(**_: object) -> None:
+    """Each forked worker process gets its own database connections and thread limits."""
+    from core.db import dispose_engines
+
+    dispose_engines()
+    from workers.runtime import configure_threads
+
+    configure_threads()

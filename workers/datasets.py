@@ -1,0 +1,226 @@
+"""The ingestion job: read an upload under limits, decode and validate every image, store each distinct
+image once, split, and publish a new immutable dataset version in one transaction.
+
+Safe to run again after a crash: blobs are content-addressed (rewriting one is a no-op) and the version's
+image rows are replaced as a whole inside the same transaction that marks the version ready.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete
+
+from core import datasets as ds
+from core.db import session_scope
+from core.errors import InvalidInput, JobCancelled, NotFound, TLServeError
+from core.jobs import JobContext
+from core.models import DatasetVersion, Image
+from core.settings import get_settings
+from core.storage import get_storage
+from workers.ingest.archive import ArchiveLimits, Member, Rejection, read_archive
+from workers.ingest.images import ImageLimits, ImageRejected, canonical_copy, decode_image
+from workers.ingest.split import stratified_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Accepted:
+    sha256: str
+    filename: str
+    label: str
+    width: int
+    height: int
+    size_bytes: int
+    format: str
+
+
+@contextmanager
+def _open_members(ctx: JobContext) -> Iterator[tuple[int, Iterator[Member], list[Rejection]]]:
+    """(expected count, a one-pass stream of members, rejections filled while streaming)."""
+    storage = get_storage()
+    if ctx.params["mode"] == "archive":
+        with storage.open(ctx.params["upload_key"]) as fh:
+            contents = read_archive(fh, ArchiveLimits.from_settings(get_settings()))
+            yield contents.expected, contents.members, contents.rejected
+        return
+    files = json.loads(storage.get_bytes(ctx.params["manifest_key"]))["files"]
+    stream = (Member(name=f["filename"], label=f["label"], data=storage.get_bytes(f["key"])) for f in files)
+    yield len(files), stream, []
+
+
+def _store_images(
+    ctx: JobContext, known: dict[str, str], rejected: list[dict[str, str]]
+) -> tuple[list[_Accepted], list[dict[str, str]]]:
+    """Decode and store each new distinct image; ``known`` maps sha256 → label already in the dataset."""
+    settings, storage = get_settings(), get_storage()
+    limits = ImageLimits.from_settings(settings)
+    dataset_id, tenant_id = ctx.params["dataset_id"], ctx.tenant_id
+    accepted: dict[str, _Accepted] = {}
+    duplicates: list[dict[str, str]] = []
+    with _open_members(ctx) as (expected, members, archive_rejections):
+        for i, member in enumerate(members):
+            ctx.check_cancelled()
+            ctx.progress("decode", i, expected)
+            try:
+                img = decode_image(member.data, member.name, limits)
+            except ImageRejected as exc:
+                rejected.append({"file": member.name, "reason": exc.reason})
+                continue
+            sha = img.sha256
+            if sha in accepted or sha in known:
+                before = accepted[sha].label if sha in accepted else known[sha]
+                other = accepted[sha].filename if sha in accepted else "an image already in the dataset"
+                if before != member.label:
+                    reason = f"same content as {other} but labelled {member.label!r} instead of {before!r}"
+                    rejected.append({"file": member.name, "reason": reason})
+                else:
+                    duplicates.append({"file": member.name, "duplicate_of": other})
+                continue
+            key = ds.blob_key(tenant_id, dataset_id, sha)
+            if not storage.exists(key):
+                storage.put_bytes(key, member.data)
+            ckey = ds.canonical_key(tenant_id, dataset_id, sha)
+            if not storage.exists(ckey):
+                storage.put_bytes(ckey, canonical_copy(img.image, settings.canonical_short_side))
+            accepted[sha] = _Accepted(
+                sha, member.name, member.label, img.width, img.height, img.size_bytes, img.format
+            )
+        rejected[:0] = [{"file": r.file, "reason": r.reason} for r in archive_rejections]
+    ctx.progress("decode", expected, expected, force=True)
+    return list(accepted.values()), duplicates
+
+
+def ingest_job(ctx: JobContext) -> dict[str, Any]:
+    """Job body; any failure leaves the version marked failed (earlier versions are untouched)."""
+    try:
+        return _ingest(ctx)
+    except JobCancelled:
+        _mark_failed(ctx.params["version_id"], "ingestion was cancelled", status="cancelled")
+        raise
+    except TLServeError as exc:
+        _mark_failed(ctx.params["version_id"], exc.message)
+        raise
+    except Exception as exc:
+        _mark_failed(ctx.params["version_id"], f"internal error: {type(exc).__name__}")
+        raise
+
+
+def _ingest(ctx: JobContext) -> dict[str, Any]:
+    params = ctx.params
+    version_id, dataset_id = params["version_id"], params["dataset_id"]
+    rejected: list[dict[str, str]] = []
+
+    parent_rows: list[Image] = []
+    with session_scope() as s:
+        if params.get("parent_version_id"):
+            parent_rows = ds.version_images(s, params["parent_version_id"])
+            s.expunge_all()
+    known = {row.sha256: row.label for row in parent_rows}
+
+    accepted, duplicates = _store_images(ctx, known, rejected)
+    if not accepted and not parent_rows:
+        message = "no usable images in the upload" + (
+            f": {len(rejected)} rejected (see 'rejected')" if rejected else ""
+        )
+        _mark_failed(version_id, message, rejected=rejected)
+        raise InvalidInput(message)
+
+    items = [(r.sha256, r.label) for r in parent_rows] + [(a.sha256, a.label) for a in accepted]
+    existing = {r.sha256: r.split for r in parent_rows}
+    splits = stratified_split(items, params["val_fraction"], params["test_fraction"], params["seed"], existing=existing)
+    ctx.check_cancelled(force=True)
+    _publish(ctx, version_id, dataset_id, parent_rows, accepted, splits, rejected, duplicates)
+    _cleanup_upload(ctx)
+    counts = Counter(splits.values())
+    return {
+        "images": len(items),
+        "added": len(accepted),
+        "rejected": len(rejected),
+        "duplicates": len(duplicates),
+        "splits": {k: counts.get(k, 0) for k in ("train", "val", "test")},
+    }
+
+
+def _publish(
+    ctx: JobContext,
+    version_id: str,
+    dataset_id: str,
+    parent_rows: list[Image],
+    accepted: list[_Accepted],
+    splits: dict[str, str],
+    rejected: list[dict[str, str]],
+    duplicates: list[dict[str, str]],
+) -> None:
+    tenant_id = ctx.tenant_id
+    rows = [
+        Image(
+            version_id=version_id,
+            sha256=r.sha256,
+            filename=r.filename,
+            label=r.label,
+            split=r.split,
+            width=r.width,
+            height=r.height,
+            size_bytes=r.size_bytes,
+            format=r.format,
+            storage_key=r.storage_key,
+            canonical_key=r.canonical_key,
+        )
+        for r in parent_rows
+    ] + [
+        Image(
+            version_id=version_id,
+            sha256=a.sha256,
+            filename=a.filename,
+            label=a.label,
+            split=splits[a.sha256],
+            width=a.width,
+            height=a.height,
+            size_bytes=a.size_bytes,
+            format=a.format,
+            storage_key=ds.blob_key(tenant_id, dataset_id, a.sha256),
+            canonical_key=ds.canonical_key(tenant_id, dataset_id, a.sha256),
+        )
+        for a in accepted
+    ]
+    classes = Counter(row.label for row in rows)
+    split_counts = Counter(row.split for row in rows)
+    with session_scope() as s:
+        s.execute(delete(Image).where(Image.version_id == version_id))  # a redelivered job replaces, never duplicates
+        s.add_all(rows)
+        version = s.get(DatasetVersion, version_id)
+        if version is None:
+            raise NotFound("the dataset was deleted while its images were being ingested")
+        version.status = "ready"
+        version.num_images = len(rows)
+        version.classes = dict(sorted(classes.items()))
+        version.splits = {k: split_counts.get(k, 0) for k in ("train", "val", "test")}
+        version.rejected = rejected
+        version.duplicates = duplicates
+
+
+def _mark_failed(
+    version_id: str, message: str, rejected: list[dict[str, str]] | None = None, status: str = "failed"
+) -> None:
+    with session_scope() as s:
+        version = s.get(DatasetVersion, version_id)
+        if version is not None and version.status == "processing":
+            version.status = status
+            version.params = {**version.params, "error": message}
+            if rejected is not None:
+                version.rejected = rejected
+
+
+def _cleanup_upload(ctx: JobContext) -> None:
+    try:
+        get_storage().delete_prefix(f"tenants/{ctx.tenant_id}/uploads/{ctx.job_id}")
+    except TLServeError:  # pragma: no cover - a leftover upload is harmless
+        log.warning("could not remove the upload of job %s", ctx.job_id)
