@@ -1,0 +1,47 @@
+"""The FastAPI application: routers, the body-size limit, request metrics and the one error handler."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import Counter, Histogram
+
+from core.settings import get_settings
+from service.errors import install_error_handlers
+from service.limits import BodySizeLimit
+from service.routes import datasets, health, jobs
+
+REQUESTS = Counter("tlserve_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram("tlserve_http_request_seconds", "HTTP request latency", ["method", "route"])
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    yield
+    from core.db import dispose_engines
+
+    dispose_engines()
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(title="tlserve", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    for module in (health, datasets, jobs):
+        app.include_router(module.router)
+
+    @app.middleware("http")
+    async def _metrics(request: Request, call_next):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        REQUESTS.labels(request.method, path, response.status_code).inc()
+        LATENCY.labels(request.method, path).observe(time.perf_counter() - start)
+        return response
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    return app

@@ -1,0 +1,85 @@
+"""/v1/datasets: upload labelled image sets; ingestion runs as a job."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, UploadFile, status
+
+from core import datasets as ds
+from core.jobs import create_job
+from core.storage import get_storage
+from service.deps import SessionDep, SettingsDep, TenantDep
+from service.uploads import save_archive, save_files
+from workers.dispatch import enqueue
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED)
+def create_dataset(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    archive: Annotated[UploadFile, File(description="zip: one folder per class, or labels.csv of path,label")],
+    name: Annotated[str, Form()],
+    val_fraction: Annotated[float, Form()] = 0.1,
+    test_fraction: Annotated[float, Form()] = 0.2,
+    seed: Annotated[int, Form()] = 0,
+) -> dict[str, Any]:
+    ds.check_split_params(val_fraction, test_fraction)
+    params = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    dataset, version = ds.create_dataset(session, tenant_id, name, params)
+    job = create_job(session, tenant_id=tenant_id, kind="ingest", resource_type="dataset", resource_id=dataset.id)
+    key = save_archive(archive, ds.upload_key(tenant_id, job.id))
+    job.params = {"mode": "archive", "upload_key": key, "dataset_id": dataset.id, "version_id": version.id, **params}
+    version.job_id = job.id
+    session.commit()
+    enqueue(job.id, "ingest", job.queue)
+    return {"id": dataset.id, "job_id": job.id, "status": version.status, "version": version.version}
+
+
+@router.post("/{dataset_id}/images", status_code=status.HTTP_202_ACCEPTED)
+def add_images(
+    dataset_id: str,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    settings: SettingsDep,
+    files: Annotated[list[UploadFile], File(description="image files")],
+    labels: Annotated[list[str], Form(description="one label per file, or one label for all")],
+) -> dict[str, Any]:
+    dataset = ds.get_dataset(session, tenant_id, dataset_id)
+    version = ds.new_version(session, dataset)
+    job = create_job(session, tenant_id=tenant_id, kind="ingest", resource_type="dataset", resource_id=dataset.id)
+    manifest_key = save_files(files, labels, tenant_id, job.id, settings)
+    job.params = {
+        "mode": "files",
+        "manifest_key": manifest_key,
+        "dataset_id": dataset.id,
+        "version_id": version.id,
+        **{k: version.params.get(k) for k in ("val_fraction", "test_fraction", "seed", "parent_version_id")},
+    }
+    version.job_id = job.id
+    session.commit()
+    enqueue(job.id, "ingest", job.queue)
+    return {"id": dataset.id, "job_id": job.id, "status": version.status, "version": version.version}
+
+
+@router.get("")
+def list_datasets(session: SessionDep, tenant_id: TenantDep) -> list[dict[str, Any]]:
+    return [ds.dataset_to_dict(session, d) for d in ds.list_datasets(session, tenant_id)]
+
+
+@router.get("/{dataset_id}")
+def get_dataset(
+    dataset_id: str, session: SessionDep, tenant_id: TenantDep, version: Annotated[int | None, Query(ge=1)] = None
+) -> dict[str, Any]:
+    dataset = ds.get_dataset(session, tenant_id, dataset_id)
+    return ds.dataset_to_dict(session, dataset, ds.get_version(session, dataset, version) if version else None)
+
+
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantDep) -> None:
+    dataset = ds.get_dataset(session, tenant_id, dataset_id)
+    session.delete(dataset)
+    session.commit()
+    get_storage().delete_prefix(ds.dataset_prefix(tenant_id, dataset_id))
