@@ -1,0 +1,13 @@
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY core ./core
+COPY service ./service
+COPY workers ./workers
+COPY classifiers ./classifiers
+RUN pip install .
+ENV TLSERVE_DATA_DIR=/data
+VOLUME ["/data"]
+EXPOSE 8000
+CMD ["tlserve", "api", "--host", "0.0.0.0", "--port", "8000"]

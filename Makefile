@@ -1,0 +1,43 @@
+# tlserve: `make demo` and `make test` each do their own set-up on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+
+.PHONY: install sample-data demo test test-fast serve lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+# Real images from a Debian package (Fashion-MNIST); the demo falls back to scikit-learn's digits without it.
+sample-data:
+	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) || \
+	    echo "dataset-fashion-mnist not installed; the demo will use scikit-learn's digits"; }
+
+demo: install sample-data
+	$(BIN)/python scripts/demo.py --port $(PORT)
+
+test: install sample-data
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not integration and not slow"
+
+serve: install
+	$(BIN)/tlserve up --port $(PORT)
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install sample-data
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
