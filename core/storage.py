@@ -12,7 +12,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, Protocol
@@ -31,7 +31,8 @@ def check_key(key: str) -> str:
 
 
 class Storage(Protocol):
-    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_bytes(self, key: str, data: bytes, *, durable: bool = True) -> None: ...
+    def sync(self) -> None: ...
     def put_file(self, key: str, src: IO[bytes]) -> int: ...
     def get_bytes(self, key: str) -> bytes: ...
     def open(self, key: str) -> IO[bytes]: ...
@@ -41,7 +42,7 @@ class Storage(Protocol):
     def delete_prefix(self, prefix: str) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
     def local_path(self, key: str) -> Path: ...
-    def writer(self, key: str) -> contextmanager[IO[bytes]]: ...  # type: ignore[valid-type]
+    def writer(self, key: str, *, durable: bool = True) -> AbstractContextManager[IO[bytes]]: ...
 
 
 class LocalStorage:
@@ -58,8 +59,11 @@ class LocalStorage:
         return path
 
     @contextmanager
-    def writer(self, key: str) -> Iterator[IO[bytes]]:
-        """Write a whole object atomically: readers see the old object or the complete new one."""
+    def writer(self, key: str, *, durable: bool = True) -> Iterator[IO[bytes]]:
+        """Write a whole object atomically: readers see the old object or the complete new one.
+
+        ``durable=False`` skips the per-file fsync for bulk writes; call ``sync()`` once before the
+        objects are published (ingestion writes thousands of small images)."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -67,15 +71,20 @@ class LocalStorage:
             with os.fdopen(fd, "wb") as fh:
                 yield fh
                 fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        with self.writer(key) as fh:
+    def put_bytes(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        with self.writer(key, durable=durable) as fh:
             fh.write(data)
+
+    def sync(self) -> None:
+        """Flush every write made with ``durable=False`` to disk."""
+        os.sync()
 
     def put_file(self, key: str, src: IO[bytes]) -> int:
         with self.writer(key) as fh:
@@ -122,7 +131,7 @@ def _storage_for(root: str) -> LocalStorage:
     return LocalStorage(Path(root))
 
 
-def get_storage() -> LocalStorage:
+def get_storage() -> Storage:
     from core.settings import get_settings
 
     settings = get_settings()
