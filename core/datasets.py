@@ -78,6 +78,23 @@ def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
     return dataset
 
 
+def delete_dataset(session: Session, tenant_id: str, dataset_id: str) -> list[str]:
+    """Delete a dataset, its versions and images, and the features derived from it; cancel its running
+    jobs. Returns the storage prefixes to remove once the transaction has committed."""
+    from core.models import FeatureSet, Job
+
+    dataset = get_dataset(session, tenant_id, dataset_id)
+    prefixes = [dataset_prefix(tenant_id, dataset_id)]
+    for fs in session.scalars(select(FeatureSet).where(FeatureSet.dataset_id == dataset_id)):
+        prefixes.append(fs.storage_prefix)
+        session.delete(fs)
+    running = select(Job).where(Job.resource_id == dataset_id, Job.status.in_(("queued", "running")))
+    for job in session.scalars(running):
+        job.cancel_requested = True
+    session.delete(dataset)
+    return prefixes
+
+
 def list_datasets(session: Session, tenant_id: str) -> list[Dataset]:
     return list(session.scalars(select(Dataset).where(Dataset.tenant_id == tenant_id).order_by(Dataset.created_at)))
 

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     max_form_fields: int = 1000
     max_files_per_request: int = 1000
+    max_sync_files: int = 64  # images per synchronous embed/classify/predict request
     canonical_short_side: int = 320  # shorter side of the stored resized copy (never upscaled)
 
     # Jobs
@@ -48,6 +49,9 @@ class Settings(BaseSettings):
     batch_size: int = 32
     device: str = "auto"  # auto | cpu | cuda | mps
     model_cache_size: int = 4
+    batch_window_s: float = 0.004  # predict micro-batching: how long a request waits for company
+    batch_max_size: int = 32
+    inference_threads: int = 1  # threads running forward passes in the API process
 
     @property
     def resolved_database_url(self) -> str:

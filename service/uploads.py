@@ -47,3 +47,20 @@ def save_files(files: list[UploadFile], labels: list[str], tenant_id: str, job_i
     manifest_key = f"{prefix}/manifest.json"
     storage.put_bytes(manifest_key, json.dumps({"files": entries}).encode())
     return manifest_key
+
+
+async def read_files(
+    files: list[UploadFile], settings: Settings, max_files: int | None = None
+) -> list[tuple[str, bytes]]:
+    """(name, bytes) of a few uploaded images for synchronous inference, within the per-request limits."""
+    from workers.inference import check_files
+
+    limit = max_files or settings.max_sync_files
+    check_files([(f.filename or "", b"") for f in files], limit)
+    out = []
+    for i, upload in enumerate(files):
+        data = await upload.read(settings.max_member_bytes + 1)
+        if len(data) > settings.max_member_bytes:
+            raise InvalidInput(f"file {upload.filename!r} is larger than {settings.max_member_bytes} bytes")
+        out.append((upload.filename or f"file{i}", data))
+    return out

@@ -79,7 +79,8 @@ def get_dataset(
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantDep) -> None:
-    dataset = ds.get_dataset(session, tenant_id, dataset_id)
-    session.delete(dataset)
+    prefixes = ds.delete_dataset(session, tenant_id, dataset_id)
     session.commit()
-    get_storage().delete_prefix(ds.dataset_prefix(tenant_id, dataset_id))
+    storage = get_storage()
+    for prefix in prefixes:
+        storage.delete_prefix(prefix)

@@ -1,0 +1,153 @@
+"""Scenario 1 and 3 over the API with the real efficientnet_lite0 ImageNet weights (in-process jobs)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from core.sample_data import class_folder_zip, encode_png
+from tests.helpers import auth, upload_dataset, wait_for_job
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str]]:
+    """One data folder for the module so the ONNX export is made once."""
+    import os
+
+    from tests.conftest import reset_caches
+
+    root = tmp_path_factory.mktemp("features")
+    saved = {k: os.environ.get(k) for k in ("TLSERVE_DATA_DIR", "TLSERVE_BROKER_URL", "TLSERVE_DATABASE_URL")}
+    os.environ.update({"TLSERVE_DATA_DIR": str(root), "TLSERVE_BROKER_URL": "memory://"})
+    os.environ.pop("TLSERVE_DATABASE_URL", None)
+    reset_caches()
+    from core.db import session_scope
+    from core.migrate import upgrade
+    from core.tenancy import create_api_key
+    from service.app import create_app
+
+    upgrade()
+    with session_scope() as s:
+        key = create_api_key(s, "acme")
+    with TestClient(create_app()) as client:
+        yield client, key
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    reset_caches()
+
+
+def _photo(name: str) -> bytes:
+    import skimage.data
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(getattr(skimage.data, name)()).save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+def test_backbones_listing_says_which_are_pretrained(env) -> None:
+    client, key = env
+    rows = {b["name"]: b for b in client.get("/v1/backbones", headers=auth(key)).json()}
+    assert {"efficientnet_lite0", "resnet18", "lenet5", "vgg16", "mobilenet_v3_large"} <= set(rows)
+    lite0 = rows["efficientnet_lite0"]
+    assert lite0["pretrained"] is True and lite0["feature_dim"] == 1280 and lite0["input_size"] == 224
+    assert lite0["license"] == "Apache-2.0"
+    assert rows["lenet5"]["pretrained"] is False
+    assert set(lite0) >= {"name", "feature_dim", "input_size", "weights", "license", "pretrained"}
+
+
+def test_classify_real_photos_with_a_bad_file_beside_them(env) -> None:
+    client, key = env
+    files = [
+        ("files", ("coffee.jpg", _photo("coffee"), "image/jpeg")),
+        ("files", ("broken.jpg", b"not an image at all", "image/jpeg")),
+        ("files", ("chelsea.jpg", _photo("chelsea"), "image/jpeg")),
+    ]
+    resp = client.post("/v1/backbones/efficientnet_lite0/classify", headers=auth(key), files=files, data={"top_k": "3"})
+    assert resp.status_code == 200, resp.text
+    coffee, broken, cat = resp.json()["predictions"]
+    assert coffee["label"] == "espresso"
+    assert "error" in broken and broken["file"] == "broken.jpg"
+    assert any("cat" in p["label"] for p in cat["top_k"])
+    refused = client.post("/v1/backbones/lenet5/classify", headers=auth(key), files=files[:1])
+    assert refused.status_code == 422
+
+
+def test_embed_gives_declared_dim_and_refuses_random_weights_unless_asked(env) -> None:
+    client, key = env
+    files = [("files", ("coffee.jpg", _photo("coffee"), "image/jpeg"))]
+    resp = client.post("/v1/embed", headers=auth(key), files=files, data={"backbone": "efficientnet_lite0"})
+    assert resp.status_code == 200, resp.text
+    vec = np.array(resp.json()["embeddings"][0]["embedding"])
+    assert vec.shape == (1280,) and np.isfinite(vec).all() and vec.std() > 0
+    refused = client.post("/v1/embed", headers=auth(key), files=files, data={"backbone": "resnet18"})
+    assert refused.status_code == 422 and "allow_random_weights" in refused.json()["error"]["message"]
+    unknown = client.post("/v1/embed", headers=auth(key), files=files, data={"backbone": "nope"})
+    assert unknown.status_code == 422 and "efficientnet_lite0" in unknown.json()["error"]["message"]
+
+
+def test_features_are_extracted_once_then_served_from_the_cache(env) -> None:
+    client, key = env
+    body = upload_dataset(client, key, class_folder_zip("fashion", per_class=6), name="fm").json()
+    assert wait_for_job(client, body["job_id"], key)["status"] == "succeeded"
+
+    first = client.post("/v1/features", headers=auth(key), json={"dataset_id": body["id"]})
+    assert first.status_code == 202, first.text
+    job = wait_for_job(client, first.json()["job_id"], key)
+    assert job["status"] == "succeeded", job
+    assert job["metrics"]["forward_images"] == 60
+
+    second = client.post("/v1/features", headers=auth(key), json={"dataset_id": body["id"]})
+    assert second.status_code == 200 and second.json()["cached"] is True
+    assert second.json()["id"] == first.json()["id"] and second.json()["status"] == "ready"
+
+    npz = client.get(f"/v1/features/{first.json()['id']}/download?format=npz", headers=auth(key))
+    assert npz.status_code == 200
+    with np.load(io.BytesIO(npz.content), allow_pickle=False) as z:
+        features, labels, ids = z["features"], z["labels"], z["image_ids"]
+    assert features.shape == (60, 1280) and features.dtype == np.float32
+    assert sorted(set(labels.tolist())) == sorted(
+        ["ankle_boot", "bag", "coat", "dress", "pullover", "sandal", "shirt", "sneaker", "trouser", "tshirt_top"]
+    )
+    assert len(set(ids.tolist())) == 60
+
+
+def test_extracted_features_match_the_engine_on_the_same_image(env) -> None:
+    client, key = env
+    png = encode_png(np.asarray(__import__("skimage.data", fromlist=["camera"]).camera()))
+    from tests.helpers import zip_bytes
+
+    body = upload_dataset(client, key, zip_bytes({"a/camera.png": png, "b/coffee.jpg": _photo("coffee")})).json()
+    wait_for_job(client, body["job_id"], key)
+    fs = client.post("/v1/features", headers=auth(key), json={"dataset_id": body["id"]}).json()
+    wait_for_job(client, fs["job_id"], key)
+    with np.load(io.BytesIO(client.get(f"/v1/features/{fs['id']}/download", headers=auth(key)).content)) as z:
+        stored = dict(zip(z["labels"].tolist(), z["features"], strict=True))
+    direct = client.post("/v1/embed", headers=auth(key), files=[("files", ("c.jpg", _photo("coffee"), "image/jpeg"))])
+    vec = np.array(direct.json()["embeddings"][0]["embedding"], dtype=np.float32)
+    # The stored feature comes from the canonical (resized, lossless) copy; the direct one from the JPEG.
+    cos = float(stored["b"] @ vec / np.linalg.norm(stored["b"]) / np.linalg.norm(vec))
+    assert cos > 0.98
+
+
+def test_features_of_another_tenant_are_404(env) -> None:
+    client, key = env
+    from core.db import session_scope
+    from core.tenancy import create_api_key
+
+    with session_scope() as s:
+        other = create_api_key(s, "globex")
+    listed = client.get("/v1/features", headers=auth(key)).json()
+    assert listed
+    assert client.get(f"/v1/features/{listed[0]['id']}", headers=auth(other)).status_code == 404
+    assert client.get(f"/v1/features/{listed[0]['id']}/download", headers=auth(other)).status_code == 404
+    assert client.get("/v1/features", headers=auth(other)).json() == []
