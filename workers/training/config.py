@@ -1,0 +1,155 @@
+"""The fine-tuning hyperparameters: one frozen dataclass that mirrors the ``finetune`` request body of
+DESIGN.md, validated once in ``from_dict`` so that the loop never sees a bad value."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import InvalidInput
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw")
+AUGMENTATIONS = ("hflip", "vflip", "rotate", "crop", "shear", "shift", "warp", "color", "pca_color")
+SCHEDULES = ("cosine", "step", "none")
+INITS = ("he", "xavier")
+DATA_PATHS = ("auto", "cached", "augmented")
+
+
+@dataclass(frozen=True)
+class Unfreeze:
+    """A parsed ``unfreeze`` policy: ``kind`` is "head", "last", "all" or "gradual"; ``n`` is N of "last:N"."""
+
+    kind: str
+    n: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Unfreeze:
+        text = str(text).strip().lower()
+        if text in ("head", "all", "gradual"):
+            return cls(text)
+        kind, sep, num = text.partition(":")
+        if kind == "last" and sep and num.isdigit() and int(num) >= 1:
+            return cls("last", int(num))
+        raise InvalidInput(
+            f"unfreeze must be 'head', 'last:N' (N >= 1), 'all' or 'gradual'; got {text!r}",
+            details={"field": "unfreeze"},
+        )
+
+    def __str__(self) -> str:
+        return f"last:{self.n}" if self.kind == "last" else self.kind
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 10
+    unfreeze: str = "head"  # "head" | "last:N" | "all" | "gradual"
+    gradual_every: int = 1  # gradual: one more stage (from the top) every this many epochs
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd "momentum"/"nesterov" and rmsprop
+    weight_decay: float = 1e-4
+    dropout: float = 0.2
+    batch_size: int = 32
+    early_stopping_patience: int = 3  # epochs without a better validation loss; 0 disables it
+    augment: tuple[str, ...] = field(default_factory=tuple)
+    label_smoothing: float = 0.0
+    max_norm: float | None = None  # max L2 norm of each row of the head's weight, applied after every step
+    schedule: str = "cosine"  # per-epoch learning-rate schedule
+    init: str = "xavier"  # init of the new head: "he" | "xavier"
+    discriminative_lr_decay: float = 0.1  # a stage d stages below the head trains at lr * decay**d
+    seed: int = 0
+    data_path: str = "auto"  # "auto" | "cached" | "augmented"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, list):  # a frozen, hashable value even when built from a list
+            object.__setattr__(self, "augment", tuple(self.augment))
+
+    @property
+    def policy(self) -> Unfreeze:
+        return Unfreeze.parse(self.unfreeze)
+
+    def resolved_data_path(self) -> str:
+        """ "cached" when the frozen part can be run once (no augmentation, a fixed cut), else "augmented"."""
+        if self.data_path != "auto":
+            return self.data_path
+        fixed_cut = self.policy.kind in ("head", "last")
+        return "cached" if fixed_cut and not self.augment else "augmented"
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any] | None, *, num_stages: int | None = None) -> FinetuneConfig:
+        """Build and validate from a request body; ``num_stages`` (the backbone's) bounds "last:N"."""
+        body = dict(body or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(body) - known)
+        if unknown:
+            raise InvalidInput(f"unknown finetune field(s): {', '.join(unknown)}", details={"fields": unknown})
+        if "augment" in body:
+            body["augment"] = _augment_list(body["augment"])
+        cfg = cls(**body)
+        cfg.validate(num_stages=num_stages)
+        return cfg
+
+    def validate(self, *, num_stages: int | None = None) -> None:
+        """Raise ``InvalidInput`` naming the field and the allowed values."""
+        _check_int(self.epochs, "epochs", 1, 10_000)
+        _check_int(self.gradual_every, "gradual_every", 1, 10_000)
+        _check_int(self.batch_size, "batch_size", 1, 65_536)
+        _check_int(self.early_stopping_patience, "early_stopping_patience", 0, 10_000)
+        _check_int(self.seed, "seed", 0, 2**63 - 1)
+        _check_choice(self.optimizer, "optimizer", OPTIMIZERS)
+        _check_choice(self.schedule, "schedule", SCHEDULES)
+        _check_choice(self.init, "init", INITS)
+        _check_choice(self.data_path, "data_path", DATA_PATHS)
+        _check_float(self.lr, "lr", 0.0, 10.0, low_open=True)
+        _check_float(self.momentum, "momentum", 0.0, 1.0, high_open=True)
+        _check_float(self.weight_decay, "weight_decay", 0.0, 1.0)
+        _check_float(self.dropout, "dropout", 0.0, 1.0, high_open=True)
+        _check_float(self.label_smoothing, "label_smoothing", 0.0, 1.0, high_open=True)
+        _check_float(self.discriminative_lr_decay, "discriminative_lr_decay", 0.0, 1.0, low_open=True)
+        if self.max_norm is not None:
+            _check_float(self.max_norm, "max_norm", 0.0, 1e6, low_open=True)
+        for name in self.augment:
+            _check_choice(name, "augment", AUGMENTATIONS)
+        policy = self.policy
+        if policy.kind == "last" and num_stages is not None and policy.n > num_stages:
+            raise InvalidInput(
+                f"unfreeze 'last:{policy.n}' asks for more stages than the backbone has ({num_stages})",
+                details={"field": "unfreeze", "num_stages": num_stages},
+            )
+        if self.data_path == "cached" and (self.augment or policy.kind in ("all", "gradual")):
+            raise InvalidInput(
+                "data_path 'cached' runs the frozen part once, so it allows neither augmentation nor "
+                f"unfreeze {str(policy)!r}; use 'augmented' or 'auto'",
+                details={"field": "data_path"},
+            )
+
+
+def _augment_list(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise InvalidInput(f"augment must be a list of names from {list(AUGMENTATIONS)}", details={"field": "augment"})
+    names = [str(v).strip().lower() for v in value]
+    return tuple(dict.fromkeys(names))  # drop repeats, keep order
+
+
+def _check_choice(value: Any, name: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidInput(f"unknown {name} {value!r}; choose from {list(allowed)}", details={"field": name})
+
+
+def _check_int(value: Any, name: str, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"{name} must be an integer in [{low}, {high}]; got {value!r}", details={"field": name})
+
+
+def _check_float(
+    value: Any, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise InvalidInput(f"{name} must be a number in {bounds}; got {value!r}", details={"field": name})

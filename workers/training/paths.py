@@ -1,0 +1,170 @@
+"""The two data paths of fine-tuning, chosen explicitly (``FinetuneConfig.data_path``):
+
+- :class:`CachedPath` runs the frozen prefix ONCE over the un-augmented train and val images and keeps its
+  output — the pooled features when only the head trains, else the activation at the cut — so every epoch
+  only runs the trainable tail on tensors (DESIGN: "run the base once and save the output").
+- :class:`AugmentedPath` re-runs the frozen prefix (without autograd) every batch on freshly augmented
+  images (DESIGN: "re-run the frozen base every epoch so that data augmentation can be used").
+
+Both yield device batches ready for their ``forward``, which gives logits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from workers.backbones.model import BackboneModel
+from workers.backbones.spec import Preprocessing
+from workers.training.augment import batch_transform, image_ops
+from workers.training.callbacks import Callbacks
+from workers.training.data import Batch, ImageBatches, image_loader, tensor_batches
+from workers.training.device import Precision
+from workers.training.split import Split
+
+CACHE_ON_DEVICE_BYTES = 2 * 2**30  # cached activations up to this size live on the GPU, bigger ones in pinned RAM
+
+
+class DataPath(Protocol):
+    name: str
+
+    def set_cut(self, cut: int) -> None: ...
+
+    def num_batches(self, train: bool) -> int: ...
+
+    def batches(self, train: bool) -> Iterator[Batch]: ...
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Decoded uint8 N×C×S×S images and int64 labels of both splits."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+
+
+class AugmentedPath:
+    name = "augmented"
+
+    def __init__(
+        self,
+        model: BackboneModel,
+        data: ImageData,
+        prep: Preprocessing,
+        *,
+        augment: tuple[str, ...],
+        pca: tuple[torch.Tensor, torch.Tensor] | None,
+        batch_size: int,
+        generator: torch.Generator,
+        precision: Precision,
+        num_workers: int = 0,
+    ) -> None:
+        self.model, self.precision, self.batch_size = model, precision, batch_size
+        pin = precision.cuda
+        train = ImageBatches(data.train_x, data.train_y, image_ops(augment, prep))
+        self.loaders = {
+            True: image_loader(train, batch_size, generator=generator, num_workers=num_workers, pin_memory=pin),
+            False: image_loader(
+                ImageBatches(data.val_x, data.val_y),
+                2 * batch_size,
+                generator=None,
+                num_workers=num_workers,
+                pin_memory=pin,
+            ),
+        }
+        use_pca = pca if "pca_color" in augment else None
+        self.transforms = {
+            True: batch_transform(prep, train=True, pca=use_pca),
+            False: batch_transform(prep, train=False),
+        }
+        self.split = Split(model, len(model.stages()))
+
+    def set_cut(self, cut: int) -> None:
+        if cut != self.split.cut:
+            self.split = Split(self.model, cut)
+
+    def num_batches(self, train: bool) -> int:
+        return len(self.loaders[train])
+
+    def batches(self, train: bool) -> Iterator[Batch]:
+        transform = self.transforms[train]
+        for images, labels in self.loaders[train]:
+            x = transform(self.precision.to_device(images))
+            yield x, labels.to(self.precision.device, non_blocking=self.precision.cuda)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # the frozen prefix needs no graph
+            x = self.split.prefix(x)
+        return self.split.tail(x)
+
+
+class CachedPath:
+    name = "cached"
+
+    def __init__(
+        self,
+        model: BackboneModel,
+        data: ImageData,
+        prep: Preprocessing,
+        *,
+        cut: int,
+        batch_size: int,
+        generator: torch.Generator,
+        precision: Precision,
+        callbacks: Callbacks,
+    ) -> None:
+        self.split = Split(model, cut)
+        self.precision, self.batch_size, self.generator = precision, batch_size, generator
+        self.transform = batch_transform(prep, train=False)
+        model.eval()
+        self.inputs = {True: self._run_prefix(data.train_x, callbacks), False: self._run_prefix(data.val_x, callbacks)}
+        self.labels = {True: data.train_y.to(self.inputs[True].device), False: data.val_y.to(self.inputs[False].device)}
+
+    @torch.no_grad()
+    def _run_prefix(self, images: torch.Tensor, callbacks: Callbacks) -> torch.Tensor:
+        """The one pass of the frozen prefix (eval mode, in order, no augmentation) over one split."""
+        batches = ImageBatches(images, torch.zeros(len(images), dtype=torch.long))
+        loader = image_loader(batches, 2 * self.batch_size, generator=None, pin_memory=self.precision.cuda)
+        outputs = []
+        for done, (batch, _) in enumerate(loader, 1):
+            callbacks.check_stop()
+            with self.precision.autocast():
+                outputs.append(self.split.prefix(self.transform(self.precision.to_device(batch))).float())
+            callbacks.progress("cache", done, len(loader))
+        if not outputs:
+            return torch.empty(0)
+        return self._place(torch.cat([o.cpu() for o in outputs]))
+
+    def _place(self, t: torch.Tensor) -> torch.Tensor:
+        """On the GPU when it fits comfortably, else pinned for asynchronous copies; as is on a CPU."""
+        if not self.precision.cuda:
+            return t
+        if t.numel() * t.element_size() <= CACHE_ON_DEVICE_BYTES:
+            return t.to(self.precision.device)
+        return t.pin_memory()
+
+    def set_cut(self, cut: int) -> None:
+        if cut != self.split.cut:
+            raise ValueError("the cached path has a fixed cut; use the augmented path for gradual unfreezing")
+
+    def _size(self, train: bool) -> int:
+        return self.batch_size if train else 2 * self.batch_size
+
+    def num_batches(self, train: bool) -> int:
+        return math.ceil(len(self.labels[train]) / self._size(train))
+
+    def batches(self, train: bool) -> Iterator[Batch]:
+        gen = self.generator if train else None
+        for x, y in tensor_batches(self.inputs[train], self.labels[train], self._size(train), gen):
+            yield self.precision.to_device(x), y.to(self.precision.device, non_blocking=self.precision.cuda)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.split.tail(x)
