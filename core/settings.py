@@ -49,8 +49,8 @@ class Settings(BaseSettings):
     batch_size: int = 32
     device: str = "auto"  # auto | cpu | cuda | mps
     model_cache_size: int = 4
-    batch_window_s: float = 0.004  # predict micro-batching: how long a request waits for company
-    batch_max_size: int = 32
+    batch_max_size: int = 32  # predict micro-batching: most images in one merged forward pass
+    batch_window_s: float = 0.0  # > 0: an idle model waits this long for more requests before running
     inference_threads: int = 1  # threads running forward passes in the API process
 
     @property

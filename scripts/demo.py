@@ -21,7 +21,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.sample_data import class_folder_zip, default_source  # noqa: E402
+from core.sample_data import class_folder_zip, default_source, iter_labelled_pngs  # noqa: E402
 
 
 def _redis_up(url: str) -> bool:
@@ -65,31 +65,141 @@ def _check(resp: httpx.Response) -> dict[str, Any]:
     return resp.json()
 
 
-def run(client: httpx.Client, source: str, per_class: int) -> None:
+def _job_ok(client: httpx.Client, job_id: str, what: str) -> dict[str, Any]:
+    job = _follow(client, job_id, what)
+    if job["status"] != "succeeded":
+        raise SystemExit(f"{what} failed: {job['error']}")
+    return job
+
+
+def upload(client: httpx.Client, source: str, per_class: int) -> str:
     print(f"\n1. Upload {per_class} real images per class from '{source}' as a zip (one folder per class)")
     archive = class_folder_zip(source, per_class=per_class, root=source)
     t0 = time.perf_counter()
+    form = {"name": f"{source}-demo", "test_fraction": "0.25", "val_fraction": "0.1", "seed": "0"}
     created = _check(
-        client.post(
-            "/v1/datasets",
-            data={"name": f"{source}-demo", "test_fraction": "0.25", "val_fraction": "0.1", "seed": "0"},
-            files={"archive": (f"{source}.zip", archive, "application/zip")},
-        )
+        client.post("/v1/datasets", data=form, files={"archive": (f"{source}.zip", archive, "application/zip")})
     )
-    job = _follow(client, created["job_id"], "ingest")
-    if job["status"] != "succeeded":
-        raise SystemExit(f"ingestion failed: {job['error']}")
+    _job_ok(client, created["job_id"], "ingest")
     dataset = _check(client.get(f"/v1/datasets/{created['id']}"))
-    n = dataset["num_images"]
-    print(
-        f"   dataset {dataset['id']} v{dataset['version']}: {n} images in {time.perf_counter() - t0:.1f}s "
-        f"({n / (time.perf_counter() - t0):.0f} images/s end to end)"
-    )
+    n, seconds = dataset["num_images"], time.perf_counter() - t0
+    print(f"   dataset {dataset['id']} v{dataset['version']}: {n} images in {seconds:.1f}s")
     print(f"   classes: {dataset['classes']}")
     print(
         f"   splits:  {dataset['splits']}   rejected: {len(dataset['rejected'])}   "
         f"duplicates: {len(dataset['duplicates'])}"
     )
+    return created["id"]
+
+
+def features(client: httpx.Client, dataset_id: str, backbone: str) -> None:
+    print(f"\n2. Extract {backbone} features of every image (a job), then ask again (the cache answers)")
+    first = _check(client.post("/v1/features", json={"dataset_id": dataset_id, "backbone": backbone}))
+    job = _job_ok(client, first["job_id"], "extract")
+    m = job["metrics"]
+    print(
+        f"   {m['forward_images']} images through the backbone in {m['seconds']}s ({m['images_per_s']} images/s, "
+        f"engine {m['engine_used']})"
+    )
+    t0 = time.perf_counter()
+    again = client.post("/v1/features", json={"dataset_id": dataset_id, "backbone": backbone})
+    print(
+        f"   second request: HTTP {again.status_code}, cached={again.json()['cached']}, "
+        f"{(time.perf_counter() - t0) * 1000:.0f} ms"
+    )
+    npz = client.get(f"/v1/features/{first['id']}/download", params={"format": "npz"})
+    print(f"   download: {len(npz.content) / 1e6:.1f} MB npz (features, labels, image_ids)")
+
+
+def linear_probe(client: httpx.Client, dataset_id: str, backbone: str) -> dict[str, Any]:
+    print("\n3. Linear probe: a logistic head on the cached features, C chosen by cross-validation")
+    created = _check(
+        client.post("/v1/models", json={"dataset_id": dataset_id, "backbone": backbone, "strategy": "linear_probe"})
+    )
+    job = _job_ok(client, created["job_id"], "fit")
+    model = _check(client.get(f"/v1/models/{created['id']}"))
+    _print_metrics(
+        model,
+        f"forward passes this job: {job['metrics']['forward_images']}, "
+        f"fit {job['metrics']['fit_seconds']}s, C={model['params']['fit']['chosen']['C']:.3g}",
+    )
+    return model
+
+
+def _print_metrics(model: dict[str, Any], extra: str) -> None:
+    m = model["metrics"]
+    print(
+        f"   model {model['id']}: test accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, "
+        f"train accuracy {m['train_accuracy']:.3f}  ({extra})"
+    )
+
+
+def predict(client: httpx.Client, model: dict[str, Any], source: str) -> None:
+    print("\n4. Predict: new images (not in the dataset) and one broken file, over HTTP")
+    fresh = [(name, label, data) for name, label, data in iter_labelled_pngs(source, 1, seed=12345)][:5]
+    files = [("files", (name, data, "image/png")) for name, _, data in fresh]
+    files.append(("files", ("broken.png", b"this is not an image", "image/png")))
+    t0 = time.perf_counter()
+    out = _check(client.post(f"/v1/models/{model['id']}/predict", files=files, data={"top_k": "3"}))
+    ms = (time.perf_counter() - t0) * 1000
+    truth = {name: label for name, label, _ in fresh}
+    for p in out["predictions"]:
+        if "error" in p:
+            print(f"   {p['file']:<22} error: {p['error']}")
+        else:
+            print(f"   {p['file']:<22} -> {p['label']:<11} ({p['score']:.2f})  truth: {truth[p['file']]}")
+    print(f"   {len(files)} files in {ms:.0f} ms")
+
+
+def compare(client: httpx.Client, dataset_id: str, backbones: list[str]) -> None:
+    print(f"\n5. Which backbone transfers best to this data? {backbones}")
+    job = _check(
+        client.post(
+            "/v1/compare", json={"dataset_id": dataset_id, "backbones": backbones, "allow_random_weights": True}
+        )
+    )
+    done = _job_ok(client, job["job_id"], "compare")
+    for row in done["metrics"]["leaderboard"]:
+        print(
+            f"   #{row['rank']} {row['backbone']:<20} test acc {row['test_accuracy']:.3f}  "
+            f"macro-F1 {row['macro_f1']:.3f}  extraction {row['extraction_seconds']}s"
+            f"{' (cache)' if row['features_from_cache'] else ''}"
+        )
+
+
+def finetune(client: httpx.Client, dataset_id: str, backbone: str, epochs: int) -> None:
+    print(f"\n6. Fine-tune {backbone}: new head, last stage unfrozen, flips + crops, {epochs} epochs")
+    body = {
+        "dataset_id": dataset_id,
+        "backbone": backbone,
+        "strategy": "finetune",
+        "finetune": {
+            "epochs": epochs,
+            "unfreeze": "last:1",
+            "augment": ["hflip", "crop"],
+            "lr": 1e-3,
+            "batch_size": 32,
+        },
+    }
+    created = _check(client.post("/v1/models", json=body))
+    job = _job_ok(client, created["job_id"], "finetune")
+    for row in job["metrics"]["history"]:
+        print(
+            f"   epoch {row['epoch']}: train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} | "
+            f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} ({row['seconds']:.1f}s)"
+        )
+    model = _check(client.get(f"/v1/models/{created['id']}"))
+    _print_metrics(model, f"best epoch {job['metrics']['best_epoch']}, {job['metrics']['data_path']} data path")
+
+
+def run(client: httpx.Client, source: str, per_class: int, epochs: int) -> None:
+    dataset_id = upload(client, source, per_class)
+    features(client, dataset_id, "efficientnet_lite0")
+    model = linear_probe(client, dataset_id, "efficientnet_lite0")
+    predict(client, model, source)
+    compare(client, dataset_id, ["efficientnet_lite0", "mobilenet_v3_small"])
+    if epochs > 0:
+        finetune(client, dataset_id, "efficientnet_lite0", epochs)
 
 
 def main() -> int:
@@ -97,6 +207,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--per-class", type=int, default=60)
     parser.add_argument("--source", choices=["fashion", "digits"], default=None)
+    parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (0 skips fine-tuning)")
     parser.add_argument("--keep", action="store_true", help="keep the demo's data folder")
     args = parser.parse_args()
 
@@ -128,7 +239,7 @@ def main() -> int:
             time.sleep(0.3)
         print(f"tlserve is up at {base}: {httpx.get(f'{base}/healthz').json()}")
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=600) as client:
-            run(client, args.source or default_source(), args.per_class)
+            run(client, args.source or default_source(), args.per_class, args.epochs)
         print("\ndemo finished")
         return 0
     finally:

@@ -10,17 +10,21 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import Counter, Histogram
 
 from core.settings import get_settings
+from service.batching import MicroBatcher
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
-from service.routes import datasets, health, jobs
+from service.routes import backbones, datasets, features, health, jobs, models
 
 REQUESTS = Counter("tlserve_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("tlserve_http_request_seconds", "HTTP request latency", ["method", "route"])
 
 
 @asynccontextmanager
-async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    app.state.batcher = MicroBatcher(settings.batch_max_size, settings.inference_threads, settings.batch_window_s)
     yield
+    app.state.batcher.close()
     from core.db import dispose_engines
 
     dispose_engines()
@@ -30,8 +34,9 @@ def create_app() -> FastAPI:
     settings = get_settings()
     app = FastAPI(title="tlserve", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    for module in (health, datasets, jobs):
+    for module in (health, datasets, jobs, backbones, features, models):
         app.include_router(module.router)
+    app.include_router(models.compare_router)
 
     @app.middleware("http")
     async def _metrics(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@ caught too), answered with 413 before the handler spends anything on it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,10 +50,8 @@ class BodySizeLimit:
                 return
             await send(message)
 
-        try:
+        with contextlib.suppress(BodyTooLarge):
             await self.app(scope, limited_receive, guarded_send)
-        except BodyTooLarge:
-            pass
         if exceeded and not replaced:
             await self._reject(send)
 

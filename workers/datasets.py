@@ -90,9 +90,7 @@ def _store_images(
             ckey = ds.canonical_key(tenant_id, dataset_id, sha)
             if not storage.exists(ckey):
                 storage.put_bytes(ckey, canonical_copy(img.image, settings.canonical_short_side), durable=False)
-            accepted[sha] = _Accepted(
-                sha, member.name, member.label, img.width, img.height, img.size_bytes, img.format
-            )
+            accepted[sha] = _Accepted(sha, member.name, member.label, img.width, img.height, img.size_bytes, img.format)
         rejected[:0] = [{"file": r.file, "reason": r.reason} for r in archive_rejections]
     storage.sync()  # every blob is on disk before the version that names it is published
     ctx.progress("decode", expected, expected, force=True)

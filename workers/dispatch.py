@@ -11,7 +11,13 @@ from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-TASKS = {"ingest": "tlserve.ingest"}
+TASKS = {
+    "ingest": "tlserve.ingest",
+    "extract": "tlserve.extract",
+    "fit": "tlserve.fit",
+    "compare": "tlserve.compare",
+    "finetune": "tlserve.finetune",
+}
 
 
 @lru_cache(maxsize=1)

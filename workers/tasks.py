@@ -11,3 +11,31 @@ def ingest(job_id: str) -> None:
     from workers.datasets import ingest_job
 
     run_job(job_id, ingest_job)
+
+
+@app.task(name="tlserve.extract")
+def extract(job_id: str) -> None:
+    from workers.features import extract_job
+
+    run_job(job_id, extract_job)
+
+
+@app.task(name="tlserve.fit")
+def fit(job_id: str) -> None:
+    from workers.models import fit_job
+
+    run_job(job_id, fit_job)
+
+
+@app.task(name="tlserve.compare")
+def compare(job_id: str) -> None:
+    from workers.compare import compare_job
+
+    run_job(job_id, compare_job)
+
+
+@app.task(name="tlserve.finetune")
+def finetune(job_id: str) -> None:
+    from workers.finetune import finetune_job
+
+    run_job(job_id, finetune_job)

@@ -46,7 +46,13 @@ def test_upload_gives_class_counts_and_stratified_splits(client: TestClient, api
 def test_duplicates_are_stored_once_and_reported(client: TestClient, api_key: str) -> None:
     (n1, l1, png1), (n2, l2, png2) = _real_pngs(1)[:2]
     archive = zip_bytes(
-        {f"{l1}/{n1}": png1, f"{l1}/copy.png": png1, f"{l2}/{n2}": png2, f"{l2}/again.png": png2, f"{l2}/conflict.png": png1}
+        {
+            f"{l1}/{n1}": png1,
+            f"{l1}/copy.png": png1,
+            f"{l2}/{n2}": png2,
+            f"{l2}/again.png": png2,
+            f"{l2}/conflict.png": png1,
+        }
     )
     body = upload_dataset(client, api_key, archive).json()
     assert wait_for_job(client, body["job_id"], api_key)["status"] == "succeeded"
@@ -82,8 +88,14 @@ def test_hostile_archive_keeps_good_images_and_explains_each_rejection(
         "4/inner.zip",
         "orphan.png",
     }
-    expected_words = {"0/../../escape.png": "outside", "1/notes.png": "image", "2/empty.png": "empty",
-                      "3/truncated.png": "truncated", "4/inner.zip": "nested", "orphan.png": "class folder"}
+    expected_words = {
+        "0/../../escape.png": "outside",
+        "1/notes.png": "image",
+        "2/empty.png": "empty",
+        "3/truncated.png": "truncated",
+        "4/inner.zip": "nested",
+        "orphan.png": "class folder",
+    }
     for file, word in expected_words.items():
         assert word in reasons[file], (file, reasons[file])
     data_dir = tmp_path / "data"
@@ -209,8 +221,10 @@ def test_streamed_body_over_the_limit_gets_413(db: str, api_key: str, monkeypatc
     with TestClient(create_app()) as small:
 
         def chunks():  # a well-formed multipart file part that never ends, sent without Content-Length
-            yield (b'--b\r\nContent-Disposition: form-data; name="archive"; filename="a.zip"\r\n'
-                   b"Content-Type: application/zip\r\n\r\nPK\x03\x04")
+            yield (
+                b'--b\r\nContent-Disposition: form-data; name="archive"; filename="a.zip"\r\n'
+                b"Content-Type: application/zip\r\n\r\nPK\x03\x04"
+            )
             for _ in range(50):
                 yield b"x" * 10_000
 

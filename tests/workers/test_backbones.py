@@ -147,6 +147,7 @@ def test_random_model_interface(name: str) -> None:
     torch.testing.assert_close(both[1], logits)
 
     stages = model.stages()
+    assert len(stages) == spec.num_stages  # the declared count bounds "last:N" without building the model
     assert stages and all(any(True for _ in s.parameters()) for s in stages)
     covered = {id(p) for s in stages for p in s.parameters()} | {id(p) for p in model.classifier.parameters()}
     assert covered == {id(p) for p in model.parameters()}

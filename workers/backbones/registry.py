@@ -8,6 +8,7 @@ match. EfficientNet-Lite values follow timm's pretrained cfgs for ``tf_efficient
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import partial
 from typing import Any
@@ -26,10 +27,20 @@ TORCHVISION_LICENSE = "BSD-3-Clause"  # torchvision's licence; the checkpoints w
 _REGISTRY: dict[str, BackboneSpec] = {}
 
 
+# Stages each architecture's wrapper exposes (checked against ``stages()`` for every entry by the tests).
+_NUM_STAGES = {
+    "alexnet": 4, "efficientnet_b0": 9, "efficientnet_lite0": 9, "efficientnet_lite1": 9, "efficientnet_lite2": 9,
+    "googlenet": 4, "lenet5": 4, "mobilenet_v3_large": 18, "mobilenet_v3_small": 14, "resnet18": 5, "resnet50": 5,
+    "squeezenet1_1": 4, "vgg11": 6, "vgg16": 6,
+}
+
+
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
     """Add an entry; names are unique."""
     if spec.name in _REGISTRY:
         raise ValueError(f"backbone {spec.name!r} is already registered")
+    if not spec.num_stages and spec.name in _NUM_STAGES:
+        spec = dataclasses.replace(spec, num_stages=_NUM_STAGES[spec.name])
     _REGISTRY[spec.name] = spec
     return spec
 

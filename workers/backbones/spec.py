@@ -63,6 +63,8 @@ class BackboneSpec:
     num_classes: int = 1000  # classes of the original head (ImageNet: 1000)
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # how many entries ``stages()`` returns: bounds fine-tuning's "last:N" without building the model
+    num_stages: int = 0
     # Maps the checkpoint's state dict onto the keys of the built network (``model.net``) when they differ,
     # e.g. efficientnet_pytorch names → timm names; called as ``convert_weights(state_dict, net)``.
     convert_weights: Callable[[dict[str, Any], nn.Module], dict[str, Any]] | None = None

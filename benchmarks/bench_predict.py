@@ -1,0 +1,172 @@
+"""Prediction latency and throughput over loopback HTTP against the bare in-process path, in one run.
+
+A logistic head is fitted on efficientnet_lite0 features of real images; then, with new real images:
+* bare: decode + forward + head in this process, one image at a time;
+* HTTP at concurrency 1 and 8 against ``tlserve api`` on 127.0.0.1 (micro-batching on).
+Every loop is bounded in count and in time.
+
+    .venv/bin/python benchmarks/bench_predict.py --requests 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from common import ROOT, isolated_env, write_result
+
+TIME_LIMIT_S = 120.0
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_probe() -> tuple[str, str]:
+    """(tenant id, model id) of a linear probe on 300 Fashion-MNIST images (digits without the package)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_extract import ingest
+
+    from core import jobs
+    from core.db import session_scope
+    from core.models import FeatureSet
+    from workers.models import fit_job, plan_model
+
+    fs_id = ingest(300)
+    with session_scope() as s:
+        fs = s.get(FeatureSet, fs_id)
+        tenant_id, dataset_id = fs.tenant_id, fs.dataset_id
+        model, job = plan_model(
+            s,
+            tenant_id,
+            dataset_id=dataset_id,
+            backbone="efficientnet_lite0",
+            strategy="linear_probe",
+            head={"C": 1.0},
+            finetune=None,
+            version=None,
+            allow_random_weights=False,
+            queue="cpu",
+            seed=0,
+        )
+        model_id, job_id = model.id, job.id
+    fit_job(jobs.begin_attempt(job_id))
+    return tenant_id, model_id
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ms = np.array(samples) * 1000
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "n": len(samples),
+    }
+
+
+def bare(tenant_id: str, model_id: str, images: list[tuple[str, bytes]], n: int) -> dict[str, float]:
+    from workers.inference import decode_files
+    from workers.predict import PREDICTORS
+
+    predictor = PREDICTORS.get(tenant_id, model_id)
+    out, deadline = [], time.monotonic() + TIME_LIMIT_S
+    for i in range(n):
+        if time.monotonic() > deadline:
+            break
+        start = time.perf_counter()
+        batch = decode_files([images[i % len(images)]], predictor.spec)
+        predictor.predict_proba(batch.pixels)
+        out.append(time.perf_counter() - start)
+    return percentiles(out[5:])
+
+
+def http_load(base: str, key: str, model_id: str, images: list[tuple[str, bytes]], n: int, conc: int) -> dict:
+    import httpx
+
+    deadline = time.monotonic() + TIME_LIMIT_S
+
+    def worker(w: int) -> list[float]:
+        lat = []
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            for i in range(w, n, conc):
+                if time.monotonic() > deadline:
+                    break
+                name, data = images[i % len(images)]
+                start = time.perf_counter()
+                resp = client.post(f"/v1/models/{model_id}/predict", files=[("files", (name, data, "image/png"))])
+                resp.raise_for_status()
+                lat.append(time.perf_counter() - start)
+        return lat
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(conc) as pool:
+        results = list(pool.map(worker, range(conc)))
+    wall = time.perf_counter() - start
+    lat = [x for r in results for x in r]
+    return {**percentiles(lat), "requests_per_s": round(len(lat) / wall, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=200)
+    args = parser.parse_args()
+    data_dir = isolated_env()
+    from core.db import session_scope
+    from core.sample_data import default_source, iter_labelled_pngs
+    from core.tenancy import create_api_key
+
+    tenant_id, model_id = train_probe()
+    with session_scope() as s:
+        key = create_api_key(s, "bench")
+    images = [(n, d) for n, _, d in iter_labelled_pngs(default_source(), 5, seed=4242)]
+    port = _port()
+    env = {**os.environ, "TLSERVE_DATA_DIR": str(data_dir), "TLSERVE_BROKER_URL": "memory://"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "api", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        http_load(base, key, model_id, images, 20, 1)  # warm-up: loads the engine and head in the server
+        b = bare(tenant_id, model_id, images, args.requests)
+        c1 = http_load(base, key, model_id, images, args.requests, 1)
+        c8 = http_load(base, key, model_id, images, args.requests * 2, 8)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    write_result(
+        "predict",
+        {
+            "backbone": "efficientnet_lite0",
+            "head": "logistic",
+            "image": "28x28 PNG (Fashion-MNIST)",
+            "bare_in_process": b,
+            "http_concurrency_1": c1,
+            "http_concurrency_8": c8,
+            "c1_p50_vs_bare_p50": round(c1["p50_ms"] / b["p50_ms"], 3),
+            "c8_vs_c1_throughput": round(c8["requests_per_s"] / c1["requests_per_s"], 2),
+            "targets": {"c1_p50_vs_bare_p50": "<= 1.15", "c8_vs_c1_throughput": ">= 1.5"},
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Dynamic micro-batching: concurrent predict requests for the same model are merged into one forward
+pass. Nothing waits on a timer: a request that finds the model idle runs at once; requests that arrive
+while a batch is running queue up and go together as the next batch (up to ``max_batch`` rows). So a lone
+caller pays no batching delay, and under load batches grow by themselves. Compute runs on one thread: on
+a 2-core machine more threads only fight with request handling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class _Lane:
+    """One model's queue: waiting items, and whether a batch of it is running."""
+
+    waiting: list[tuple[np.ndarray, Runner, asyncio.Future[np.ndarray]]] = field(default_factory=list)
+    running: bool = False
+
+
+class MicroBatcher:
+    def __init__(self, max_batch: int = 32, threads: int = 1, window_s: float = 0.0) -> None:
+        self.max_batch = max_batch
+        self.window_s = window_s  # > 0: an idle lane waits this long for company before its first batch
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tlserve-infer")
+        self._lanes: dict[str, _Lane] = {}
+        self.batches_run = 0  # for metrics and tests
+
+    async def submit(self, key: str, batch: np.ndarray, runner: Runner) -> np.ndarray:
+        """Rows of ``runner(batch)``, computed together with other callers' rows for the same ``key``."""
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        lane = self._lanes.setdefault(key, _Lane())
+        lane.waiting.append((batch, runner, future))
+        if not lane.running:
+            lane.running = True
+            asyncio.get_running_loop().create_task(self._drain(key, lane))
+        return await future
+
+    def _take(self, lane: _Lane) -> list[tuple[np.ndarray, Runner, asyncio.Future[np.ndarray]]]:
+        taken, rows = [], 0
+        while lane.waiting and (not taken or rows + len(lane.waiting[0][0]) <= self.max_batch):
+            item = lane.waiting.pop(0)
+            taken.append(item)
+            rows += len(item[0])
+        return taken
+
+    async def _drain(self, key: str, lane: _Lane) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self.window_s > 0:
+                await asyncio.sleep(self.window_s)
+            while lane.waiting:
+                items = self._take(lane)
+                runner = items[-1][1]  # the newest predictor for this key (all callers share one model)
+                try:
+                    out = await loop.run_in_executor(self._executor, runner, np.concatenate([b for b, _, _ in items]))
+                    self.batches_run += 1
+                except Exception as exc:  # every caller of the batch hears the failure
+                    for _, _, fut in items:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                start = 0
+                for batch, _, fut in items:
+                    if not fut.done():
+                        fut.set_result(out[start : start + len(batch)])
+                    start += len(batch)
+        finally:
+            lane.running = False
+            if not lane.waiting:
+                self._lanes.pop(key, None)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

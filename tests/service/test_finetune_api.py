@@ -1,0 +1,97 @@
+"""Fine-tuning over the API (in-process job): per-epoch history, honest metrics, predict, cancel."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from core.sample_data import class_folder_zip, iter_labelled_pngs
+from tests.helpers import auth, upload_dataset, wait_for_job
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str, str]]:
+    from tests.conftest import reset_caches
+
+    root = tmp_path_factory.mktemp("finetune")
+    saved = {k: os.environ.get(k) for k in ("TLSERVE_DATA_DIR", "TLSERVE_BROKER_URL", "TLSERVE_DATABASE_URL")}
+    os.environ.update({"TLSERVE_DATA_DIR": str(root), "TLSERVE_BROKER_URL": "memory://"})
+    os.environ.pop("TLSERVE_DATABASE_URL", None)
+    reset_caches()
+    from core.db import session_scope
+    from core.migrate import upgrade
+    from core.tenancy import create_api_key
+    from service.app import create_app
+
+    upgrade()
+    with session_scope() as s:
+        key = create_api_key(s, "acme")
+    with TestClient(create_app()) as client:
+        body = upload_dataset(
+            client, key, class_folder_zip("digits", per_class=20), name="digits", test_fraction=0.25, val_fraction=0.15
+        ).json()
+        assert wait_for_job(client, body["job_id"], key)["status"] == "succeeded"
+        yield client, key, body["id"]
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    reset_caches()
+
+
+def test_finetune_lenet_reports_epochs_metrics_and_predicts(env) -> None:
+    client, key, dataset_id = env
+    body = {
+        "dataset_id": dataset_id,
+        "backbone": "lenet5",
+        "strategy": "finetune",
+        "finetune": {
+            "epochs": 4,
+            "unfreeze": "all",
+            "lr": 3e-3,
+            "batch_size": 16,
+            "augment": ["shift"],
+            "early_stopping_patience": 0,
+        },
+    }
+    resp = client.post("/v1/models", headers=auth(key), json=body)
+    assert resp.status_code == 202, resp.text
+    job = wait_for_job(client, resp.json()["job_id"], key, timeout=600)
+    assert job["status"] == "succeeded", job
+    history = job["metrics"]["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert set(history[0]) >= {"train_loss", "train_acc", "val_loss", "val_acc"}
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    model = client.get(f"/v1/models/{resp.json()['id']}", headers=auth(key)).json()
+    m = model["metrics"]
+    assert model["status"] == "ready" and model["strategy"] == "finetune"
+    assert set(m) >= {"accuracy", "macro_f1", "per_class", "confusion_matrix", "labels", "train_accuracy"}
+    assert m["accuracy"] > 0.3  # 10 classes: well above chance after 4 epochs on real digits
+    files = [("files", (n, d, "image/png")) for n, _, d in list(iter_labelled_pngs("digits", 1, seed=5))[:3]]
+    pred = client.post(f"/v1/models/{model['id']}/predict", headers=auth(key), files=files)
+    assert pred.status_code == 200, pred.text
+    assert all(p["label"] in model["labels"] for p in pred.json()["predictions"])
+
+
+def test_finetune_request_validation(env) -> None:
+    client, key, dataset_id = env
+    for finetune, word in [
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"unfreeze": "last:99"}, "last"),
+        ({"augment": ["sparkle"]}, "augment"),
+        ({"epochs": 0}, "epochs"),
+        ({"bogus": 1}, "bogus"),
+    ]:
+        resp = client.post(
+            "/v1/models",
+            headers=auth(key),
+            json={"dataset_id": dataset_id, "backbone": "lenet5", "strategy": "finetune", "finetune": finetune},
+        )
+        assert resp.status_code == 422, (finetune, resp.text)
+        assert word in resp.json()["error"]["message"]

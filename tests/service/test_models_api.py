@@ -1,0 +1,206 @@
+"""Linear probes, prediction and backbone comparison over the API, on real Fashion-MNIST images."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from core.sample_data import class_folder_zip, iter_labelled_pngs
+from tests.helpers import auth, upload_dataset, wait_for_job
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str, str]]:
+    from tests.conftest import reset_caches
+
+    root = tmp_path_factory.mktemp("models")
+    saved = {k: os.environ.get(k) for k in ("TLSERVE_DATA_DIR", "TLSERVE_BROKER_URL", "TLSERVE_DATABASE_URL")}
+    os.environ.update({"TLSERVE_DATA_DIR": str(root), "TLSERVE_BROKER_URL": "memory://"})
+    os.environ.pop("TLSERVE_DATABASE_URL", None)
+    reset_caches()
+    from core.db import session_scope
+    from core.migrate import upgrade
+    from core.tenancy import create_api_key
+    from service.app import create_app
+
+    upgrade()
+    with session_scope() as s:
+        key = create_api_key(s, "acme")
+    with TestClient(create_app()) as client:
+        body = upload_dataset(
+            client,
+            key,
+            class_folder_zip("fashion", per_class=20, seed=7),
+            name="fm",
+            test_fraction=0.25,
+            val_fraction=0.1,
+        ).json()
+        assert wait_for_job(client, body["job_id"], key)["status"] == "succeeded"
+        yield client, key, body["id"]
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    reset_caches()
+
+
+@pytest.fixture(scope="module")
+def probe(env) -> dict:
+    client, key, dataset_id = env
+    resp = client.post("/v1/models", headers=auth(key), json={"dataset_id": dataset_id, "strategy": "linear_probe"})
+    assert resp.status_code == 202, resp.text
+    job = wait_for_job(client, resp.json()["job_id"], key)
+    assert job["status"] == "succeeded", job
+    return client.get(f"/v1/models/{resp.json()['id']}", headers=auth(key)).json()
+
+
+def test_linear_probe_reports_honest_test_metrics_and_lineage(probe) -> None:
+    m = probe["metrics"]
+    assert probe["status"] == "ready" and probe["strategy"] == "linear_probe"
+    assert m["split_sizes"]["test"] == 50 and len(m["labels"]) == 10
+    assert np.array(m["confusion_matrix"]).sum() == 50
+    assert 0.5 < m["accuracy"] <= 1.0 and 0.0 < m["macro_f1"] <= 1.0
+    assert m["train_accuracy"] >= m["accuracy"] - 0.05  # training error beside generalisation error
+    assert set(m["per_class"]) == set(m["labels"])
+    lineage = probe["lineage"]
+    assert lineage["dataset_version"] == 1 and lineage["backbone"] == "efficientnet_lite0"
+    assert len(lineage["weights_digest"]) == 64 and "scikit-learn" in lineage["libraries"]
+    assert probe["params"]["fit"]["chosen"]["C"] > 0
+
+
+def test_a_second_probe_reuses_the_cached_features(env, probe) -> None:
+    client, key, dataset_id = env
+    body = {"dataset_id": dataset_id, "strategy": "linear_probe", "head": {"type": "ridge", "C": 1.0}}
+    resp = client.post("/v1/models", headers=auth(key), json=body)
+    job = wait_for_job(client, resp.json()["job_id"], key)
+    assert job["status"] == "succeeded", job
+    assert job["metrics"]["forward_images"] == 0
+    assert job["metrics"]["feature_set_id"] == probe["params"]["fit"]["feature_set_id"]
+
+
+def _test_images(n: int) -> list[tuple[str, str, bytes]]:
+    return list(iter_labelled_pngs("fashion", 1, seed=99))[:n]
+
+
+def test_predict_on_good_and_bad_files(env, probe) -> None:
+    client, key, _ = env
+    images = _test_images(4)
+    files = [("files", (name, data, "image/png")) for name, _, data in images]
+    files.insert(2, ("files", ("bad.png", b"GIF89a not really", "image/png")))
+    resp = client.post(f"/v1/models/{probe['id']}/predict", headers=auth(key), files=files, data={"top_k": "3"})
+    assert resp.status_code == 200, resp.text
+    preds = resp.json()["predictions"]
+    assert [p["file"] for p in preds] == [f[1][0] for f in files]
+    assert "error" in preds[2]
+    for p in preds[:2] + preds[3:]:
+        assert p["label"] in probe["labels"] and len(p["top_k"]) == 3
+        scores = [t["score"] for t in p["top_k"]]
+        assert scores == sorted(scores, reverse=True) and 0.0 < sum(scores) <= 1.0 + 1e-6
+        assert p["top_k"][0]["label"] == p["label"] and p["score"] == scores[0]
+
+
+def test_models_are_scoped_to_their_tenant(env, probe) -> None:
+    client, key, _ = env
+    from core.db import session_scope
+    from core.tenancy import create_api_key
+
+    with session_scope() as s:
+        other = create_api_key(s, "globex")
+    name, _, data = _test_images(1)[0]
+    assert client.get(f"/v1/models/{probe['id']}", headers=auth(other)).status_code == 404
+    resp = client.post(f"/v1/models/{probe['id']}/predict", headers=auth(other), files=[("files", (name, data))])
+    assert resp.status_code == 404
+    assert client.delete(f"/v1/models/{probe['id']}", headers=auth(other)).status_code == 404
+    assert client.get("/v1/models", headers=auth(other)).json() == []
+
+
+def test_bad_training_requests_get_422(env) -> None:
+    client, key, dataset_id = env
+    for body, word in [
+        ({"dataset_id": dataset_id, "head": {"type": "forest"}}, "head"),
+        ({"dataset_id": dataset_id, "head": {"C": -1}}, "C"),
+        ({"dataset_id": dataset_id, "backbone": "resnet18"}, "allow_random_weights"),
+        ({"dataset_id": dataset_id, "strategy": "magic"}, "strategy"),
+    ]:
+        resp = client.post("/v1/models", headers=auth(key), json=body)
+        assert resp.status_code == 422, (body, resp.text)
+        assert word in resp.json()["error"]["message"]
+    assert client.post("/v1/models", headers=auth(key), json={"dataset_id": "ds_nope"}).status_code == 404
+
+
+def test_compare_returns_a_leaderboard(env) -> None:
+    client, key, dataset_id = env
+    body = {
+        "dataset_id": dataset_id,
+        "backbones": ["efficientnet_lite0", "lenet5"],
+        "allow_random_weights": True,
+        "head": {"C": 1.0},
+    }
+    resp = client.post("/v1/compare", headers=auth(key), json=body)
+    assert resp.status_code == 202, resp.text
+    job = wait_for_job(client, resp.json()["job_id"], key)
+    assert job["status"] == "succeeded", job
+    board = job["metrics"]["leaderboard"]
+    assert [r["rank"] for r in board] == [1, 2]
+    assert {r["backbone"] for r in board} == {"efficientnet_lite0", "lenet5"}
+    assert board[0]["test_accuracy"] >= board[1]["test_accuracy"]
+    lite = next(r for r in board if r["backbone"] == "efficientnet_lite0")
+    assert lite["features_from_cache"] is True and lite["extraction_seconds"] >= 0
+
+
+def test_micro_batcher_returns_each_caller_its_own_rows() -> None:
+    from service.batching import MicroBatcher
+
+    batcher = MicroBatcher(max_batch=64)
+    calls: list[int] = []
+
+    def runner(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return x.reshape(len(x), -1).sum(axis=1, keepdims=True) * 2
+
+    async def main() -> list[np.ndarray]:
+        inputs = [np.full((i % 3 + 1, 2, 2, 1), i, dtype=np.uint8) for i in range(20)]
+        outs = await asyncio.gather(*(batcher.submit("m", x, runner) for x in inputs))
+        for i, (x, out) in enumerate(zip(inputs, outs, strict=True)):
+            assert out.shape == (len(x), 1) and (out == i * 4 * 2).all()
+        return outs
+
+    asyncio.run(main())
+    assert sum(calls) == sum(i % 3 + 1 for i in range(20)) and len(calls) < 20  # merged, nothing lost
+    batcher.close()
+
+
+def test_micro_batcher_passes_errors_to_every_caller() -> None:
+    from service.batching import MicroBatcher
+
+    batcher = MicroBatcher()
+
+    def runner(x: np.ndarray) -> np.ndarray:
+        raise RuntimeError("engine exploded")
+
+    async def main() -> None:
+        results = await asyncio.gather(
+            *(batcher.submit("m", np.zeros((1, 1)), runner) for _ in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, RuntimeError) for r in results)
+
+    asyncio.run(main())
+    batcher.close()
+
+
+def test_delete_model_then_predict_is_404(env) -> None:
+    client, key, dataset_id = env
+    resp = client.post("/v1/models", headers=auth(key), json={"dataset_id": dataset_id, "head": {"C": 0.5}})
+    wait_for_job(client, resp.json()["job_id"], key)
+    assert client.delete(f"/v1/models/{resp.json()['id']}", headers=auth(key)).status_code == 204
+    name, _, data = _test_images(1)[0]
+    gone = client.post(f"/v1/models/{resp.json()['id']}/predict", headers=auth(key), files=[("files", (name, data))])
+    assert gone.status_code == 404

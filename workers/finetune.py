@@ -1,0 +1,335 @@
+"""Scenario 2 as a job: a new head on a registered backbone, some stages unfrozen, trained on the dataset's
+train split with early stopping on val, checkpointed every epoch so a redelivered task resumes where the
+dead worker stopped, then evaluated on the test split exactly like a linear probe.
+
+Stored per model: ``finetuned.pt`` (a state dict; loaded with ``weights_only=True``), ``finetuned.json``
+(what to build), ``model.onnx`` (the served graph, checked against torch), ``checkpoint.pt`` while training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from core import datasets as ds
+from core.db import session_scope
+from core.errors import InvalidInput, JobCancelled, NotFound
+from core.jobs import JobContext
+from core.models import Job, Model
+from core.storage import get_storage
+from workers.backbones import BackboneSpec, WeightsInfo, get_backbone
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+ONNX_ATOL = 1e-3
+
+
+def plan_params(
+    backbone: str, finetune: dict[str, Any], head: dict[str, Any], seed: int, allow_random_weights: bool
+) -> tuple[BackboneSpec, str, dict[str, Any]]:
+    """Validate a fine-tune request: the backbone (random weights are fine for training from scratch only
+    when asked, or for ``lenet5`` which has none), and the ``finetune`` body."""
+    from workers.backbones import weights_info
+    from workers.training.config import FinetuneConfig
+
+    try:
+        spec = get_backbone(backbone)
+    except NotFound as exc:
+        raise InvalidInput(exc.message) from exc
+    info = weights_info(spec)
+    if not info.pretrained and spec.weights.kind != "none" and not allow_random_weights:
+        raise InvalidInput(
+            f"backbone {backbone!r} has no pretrained weights here; fine-tuning random weights is training from "
+            'scratch: pass "allow_random_weights": true to do it anyway'
+        )
+    body = {"seed": seed, **finetune}
+    cfg = FinetuneConfig.from_dict(body, num_stages=spec.num_stages or None)
+    if head:
+        raise InvalidInput("'head' is for linear probes; a fine-tune's head is set in 'finetune' (dropout, init)")
+    return (
+        spec,
+        info.digest,
+        {
+            "finetune": asdict(cfg) | {"augment": list(cfg.augment)},
+            "seed": seed,
+            "allow_random_weights": allow_random_weights,
+        },
+    )
+
+
+def _samples(rows: list[Any], classes: list[str]) -> Any:
+    from workers.training.data import Samples
+
+    storage = get_storage()
+    index = {c: i for i, c in enumerate(classes)}
+    return Samples([storage.get_bytes(r.canonical_key) for r in rows], [index[r.label] for r in rows], classes)
+
+
+def _checkpoint_io(prefix: str) -> tuple[Any, Any]:
+    import torch
+
+    storage, key = get_storage(), f"{prefix}/{CHECKPOINT}"
+
+    def save(state: dict[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        storage.put_bytes(key, buf.getvalue())  # atomic: a kill mid-write leaves the previous checkpoint
+
+    def load() -> dict[str, Any] | None:
+        if not storage.exists(key):
+            return None
+        return torch.load(io.BytesIO(storage.get_bytes(key)), map_location="cpu", weights_only=True)
+
+    return save, load
+
+
+def _callbacks(ctx: JobContext, epochs: int, save: Any) -> Any:
+    from workers.training.callbacks import Callbacks
+
+    def should_stop() -> bool:
+        try:
+            ctx.check_cancelled()
+        except JobCancelled:
+            return True
+        return False
+
+    def on_epoch_end(epoch: int, row: dict[str, Any]) -> None:
+        with session_scope() as s:
+            job = s.get(Job, ctx.job_id)
+            if job is not None:
+                history = [r for r in job.metrics.get("history", []) if r["epoch"] < epoch] + [row]
+                job.metrics = {**job.metrics, "history": history, "epochs_done": epoch}
+        ctx.progress("epoch", epoch, epochs, force=True, **{k: row.get(k) for k in ("val_loss", "val_acc")})
+
+    return Callbacks(
+        on_epoch_end=on_epoch_end,
+        should_stop=should_stop,
+        save_checkpoint=save,
+        on_progress=lambda stage, done, total: ctx.progress(stage, done, total),
+    )
+
+
+def finetune_job(ctx: JobContext) -> dict[str, Any]:
+    with session_scope() as s:
+        model = s.get(Model, ctx.params["model_id"])
+        if model is None:
+            raise NotFound("the model was deleted before it was trained")
+        model.status = "running"
+        rows = ds.version_images(s, model.version_id)
+        s.expunge_all()
+    try:
+        return _train(ctx, model, rows)
+    except JobCancelled:
+        _mark(model.id, "cancelled")
+        raise
+    except Exception:
+        _mark(model.id, "failed")
+        raise
+
+
+def _mark(model_id: str, status: str) -> None:
+    with session_scope() as s:
+        row = s.get(Model, model_id)
+        if row is not None and row.status != "ready":
+            row.status = status
+
+
+def _train(ctx: JobContext, model: Model, rows: list[Any]) -> dict[str, Any]:
+    from workers.training.config import FinetuneConfig
+    from workers.training.loop import finetune
+
+    spec = get_backbone(model.backbone)
+    cfg = FinetuneConfig.from_dict(model.params["finetune"])
+    classes = sorted({r.label for r in rows})
+    by_split = {name: [r for r in rows if r.split == name] for name in ("train", "val", "test")}
+    if len({r.label for r in by_split["train"]}) < 2:
+        raise InvalidInput("the training split has fewer than two classes: add images or change the split")
+    save, load = _checkpoint_io(model.storage_prefix)
+    resume = load()
+    if resume is not None:
+        log.info("job %s resumes fine-tuning after epoch %s", ctx.job_id, resume.get("epoch"))
+    start = time.perf_counter()
+    pretrained = None if model.lineage.get("weights_digest") != "random" else False
+    result = finetune(
+        spec,
+        _samples(by_split["train"], classes),
+        _samples(by_split["val"], classes),
+        cfg,
+        callbacks=_callbacks(ctx, cfg.epochs, save),
+        resume_state=resume,
+        pretrained=pretrained,
+    )
+    train_seconds = time.perf_counter() - start
+    ctx.check_cancelled(force=True)
+    ctx.progress("evaluate", 0, 1, force=True)
+    metrics = _evaluate(result.model, spec, classes, by_split)
+    digest = _store(model, spec, result, classes)
+    summary = {
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "epochs_done": len(result.history),
+        "stopped_early": result.stopped_early,
+        "data_path": result.data_path,
+        "train_seconds": round(train_seconds, 2),
+        "seconds_per_epoch": round(
+            train_seconds / max(1, len(result.history) - int(resume["epoch"] if resume else 0)), 2
+        ),
+        "resumed_from_epoch": int(resume["epoch"]) if resume else None,
+    }
+    with session_scope() as s:
+        row = s.get(Model, model.id)
+        if row is None:
+            raise NotFound("the model was deleted while it was being trained")
+        row.status, row.metrics, row.labels = "ready", metrics, classes
+        row.lineage = {**row.lineage, "finetuned_digest": digest, "libraries": _libraries()}
+        row.params = {**row.params, "result": {k: v for k, v in summary.items() if k != "history"}}
+    get_storage().delete(f"{model.storage_prefix}/{CHECKPOINT}")
+    return {"test_accuracy": metrics.get("accuracy"), "macro_f1": metrics.get("macro_f1"), **summary}
+
+
+def _libraries() -> dict[str, str]:
+    from workers.models import library_versions
+
+    return library_versions()
+
+
+def _pixels(rows: list[Any], spec: BackboneSpec) -> np.ndarray:
+    from workers.preprocess import load_rgb, stack_batch
+
+    storage = get_storage()
+    return stack_batch([load_rgb(storage.get_bytes(r.canonical_key), spec.preprocessing) for r in rows])
+
+
+def _probabilities(model: Any, spec: BackboneSpec, rows: list[Any]) -> np.ndarray:
+    from workers.engine import softmax
+    from workers.training.predict import predict_logits
+
+    if not rows:
+        return np.zeros((0, 0), np.float32)
+    return softmax(predict_logits(model, _pixels(rows, spec), spec.preprocessing).numpy())
+
+
+def _evaluate(model: Any, spec: BackboneSpec, classes: list[str], by_split: dict[str, list[Any]]) -> dict[str, Any]:
+    """The same report as a linear probe's: test-split metrics, with train and val accuracy beside them."""
+    from classifiers.metrics import classification_metrics
+
+    out: dict[str, Any] = {}
+    names = np.array(classes)
+    for split in ("train", "val", "test"):
+        rows = by_split[split]
+        if not rows:
+            continue
+        pred = names[_probabilities(model, spec, rows).argmax(axis=1)]
+        truth = np.array([r.label for r in rows])
+        if split == "test":
+            out.update(classification_metrics(truth, pred, classes))
+        else:
+            out[f"{split}_accuracy"] = float(np.mean(pred == truth))
+    out["split_sizes"] = {k: len(v) for k, v in by_split.items()}
+    return out
+
+
+def _store(model: Model, spec: BackboneSpec, result: Any, classes: list[str]) -> str:
+    """Weights (state dict), what to rebuild them into, and the ONNX graph served on CPU."""
+    import torch
+
+    storage = get_storage()
+    buf = io.BytesIO()
+    torch.save(result.state_dict, buf)
+    weights = buf.getvalue()
+    digest = hashlib.sha256(weights).hexdigest()
+    storage.put_bytes(f"{model.storage_prefix}/finetuned.pt", weights)
+    meta = {
+        "backbone": spec.name,
+        "classes": classes,
+        "dropout": model.params["finetune"]["dropout"],
+        "init": model.params["finetune"]["init"],
+        "digest": digest,
+    }
+    graph = _export_checked(result.model, spec)
+    if graph is not None:
+        storage.put_bytes(f"{model.storage_prefix}/model.onnx", graph)
+        meta["onnx"] = "model.onnx"
+    storage.put_bytes(f"{model.storage_prefix}/finetuned.json", json.dumps(meta).encode())
+    return digest
+
+
+def _export_checked(net: Any, spec: BackboneSpec) -> bytes | None:
+    from workers.backbones.graph import export_onnx
+    from workers.engine import OnnxEngine, reference_batch
+    from workers.training.predict import predict_logits
+
+    sample = reference_batch(spec)
+    try:
+        net = net.cpu().eval()
+        data = export_onnx(net, spec.preprocessing, sample[:2])
+        engine = OnnxEngine(data, spec, WeightsInfo(True, "finetuned", None))
+        want = predict_logits(net, sample, spec.preprocessing).numpy()
+        diff = float(np.max(np.abs(engine.logits(sample) - want))) / max(1.0, float(np.max(np.abs(want))))
+    except Exception:
+        log.warning("ONNX export of the fine-tuned %s failed; it will be served by torch", spec.name, exc_info=True)
+        return None
+    if diff > ONNX_ATOL:
+        log.warning("fine-tuned %s: ONNX differs from torch by %.2e; serving torch", spec.name, diff)
+        return None
+    return data
+
+
+class FinetunedEngine:
+    """Serving a fine-tuned network: ONNX Runtime when its export passed the check, else torch."""
+
+    def __init__(self, prefix: str) -> None:
+        storage = get_storage()
+        meta = json.loads(storage.get_bytes(f"{prefix}/finetuned.json"))
+        self.spec = get_backbone(meta["backbone"])
+        self.labels = list(meta["classes"])
+        if meta.get("onnx"):
+            from workers.engine import OnnxEngine
+
+            self._onnx = OnnxEngine(
+                storage.get_bytes(f"{prefix}/{meta['onnx']}"), self.spec, WeightsInfo(True, meta["digest"], None)
+            )
+            self._torch = None
+        else:
+            import torch
+
+            from workers.backbones import load_model
+            from workers.training.heads import new_head
+
+            net = load_model(self.spec, pretrained=False)
+            new_head(net, len(self.labels), dropout=meta["dropout"], init=meta["init"])
+            state = torch.load(io.BytesIO(storage.get_bytes(f"{prefix}/finetuned.pt")), weights_only=True)
+            net.load_state_dict(state)
+            self._onnx, self._torch = None, net.eval()
+
+    def features(self, pixels: np.ndarray) -> np.ndarray:
+        if self._onnx is not None:
+            return self._onnx.features(pixels)
+        import torch
+
+        from workers.training.augment import batch_transform
+
+        with torch.no_grad():
+            x = batch_transform(self.spec.preprocessing, train=False)(torch.from_numpy(pixels).permute(0, 3, 1, 2))
+            return self._torch.forward_head(self._torch.forward_features(x), pre_logits=True).numpy()
+
+    def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
+        from workers.engine import softmax
+
+        if self._onnx is not None:
+            return softmax(self._onnx.logits(pixels))
+        from workers.training.predict import predict_logits
+
+        return softmax(predict_logits(self._torch, pixels, self.spec.preprocessing).numpy())
+
+
+def load_finetuned(prefix: str) -> FinetunedEngine:
+    return FinetunedEngine(prefix)
