@@ -42,18 +42,19 @@ def _cli(args: list[str], env: dict[str, str]) -> str:
 
 
 def _follow(client: httpx.Client, job_id: str, what: str) -> dict[str, Any]:
-    """Print a job's progress from its server-sent events until it finishes."""
-    last_line = ""
+    """Print a job's progress from its server-sent events (each stage once, and its end) until it finishes."""
+    shown: set[tuple[str, str, bool]] = set()
     with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=None) as resp:
         for line in resp.iter_lines():
             if not line.startswith("data: "):
                 continue
             job = json.loads(line[6:])
             p = job["progress"]
-            text = f"  [{what}] {job['status']:<9} {p.get('stage', ''):<10} {p.get('done', 0)}/{p.get('total', 0)}"
-            if text != last_line:
-                print(text, flush=True)
-                last_line = text
+            stage, done, total = p.get("stage", ""), p.get("done", 0), p.get("total", 0)
+            mark = (job["status"], stage if stage != "epoch" else f"epoch{done}", bool(total) and done >= total)
+            if mark not in shown:
+                shown.add(mark)
+                print(f"  [{what}] {job['status']:<9} {stage:<9} {done}/{total}", flush=True)
             if job["status"] in ("succeeded", "failed", "cancelled"):
                 return job
     raise RuntimeError(f"event stream of job {job_id} ended early")

@@ -35,7 +35,7 @@ def plan_compare(
     if not 1 <= len(names) <= MAX_BACKBONES:
         raise InvalidInput(f"give 1 to {MAX_BACKBONES} distinct backbones, got {len(names)}")
     for name in names:
-        feats.resolve_backbone(name, allow_random_weights)
+        feats.resolve_backbone(name, allow_random_weights, tenant_id)
     head_config(head, seed)
     dv = ds.ready_version(session, tenant_id, dataset_id, version)
     params = {
@@ -53,7 +53,6 @@ def plan_compare(
 
 def compare_job(ctx: JobContext) -> dict[str, Any]:
     from classifiers.metrics import evaluate
-
     from classifiers.search import fit_head
     from workers.models import head_config
 

@@ -66,12 +66,18 @@ def features_prefix(tenant_id: str, key: str) -> str:
     return f"tenants/{tenant_id}/features/{key}"
 
 
-def resolve_backbone(name: str, allow_random_weights: bool) -> tuple[BackboneSpec, str]:
-    """The spec and weights digest to extract with; refuses random weights unless explicitly allowed."""
+MODEL_PREFIX = "model:"  # a tenant's fine-tuned model used as a backbone: "model:<model id>"
+
+
+def resolve_backbone(name: str, allow_random_weights: bool, tenant_id: str | None = None) -> tuple[BackboneSpec, str]:
+    """The spec and weights digest to extract with; refuses random weights unless explicitly allowed.
+    ``model:<id>`` names a fine-tuned model of the tenant: its pooled pre-logits are the features."""
+    if name.startswith(MODEL_PREFIX):
+        return _finetuned_backbone(name.removeprefix(MODEL_PREFIX), tenant_id)
     try:
         spec = get_backbone(name)
     except NotFound as exc:
-        raise InvalidInput(exc.message) from exc
+        raise InvalidInput(f"{exc.message}; or {MODEL_PREFIX}<id> of a fine-tuned model") from exc
     info = weights_info(spec)
     if not info.pretrained and not allow_random_weights:
         where = f" (put {spec.weights.filename} in TLSERVE_WEIGHTS_DIR)" if spec.weights.filename else ""
@@ -80,6 +86,32 @@ def resolve_backbone(name: str, allow_random_weights: bool) -> tuple[BackboneSpe
             'useful: pass "allow_random_weights": true to extract them anyway'
         )
     return spec, info.digest
+
+
+def _finetuned_backbone(model_id: str, tenant_id: str | None) -> tuple[BackboneSpec, str]:
+    from core.models import Model
+
+    with session_scope() as s:
+        model = s.get(Model, model_id)
+        if model is None or tenant_id is None or model.tenant_id != tenant_id:
+            raise InvalidInput(f"backbone {MODEL_PREFIX}{model_id}: no such model")
+        if model.strategy != "finetune" or model.status != "ready":
+            raise InvalidInput(
+                f"backbone {MODEL_PREFIX}{model_id}: only a fine-tuned model that is ready can serve as a backbone"
+            )
+        return get_backbone(model.backbone), model.lineage["finetuned_digest"]
+
+
+def feature_engine(backbone: str, tenant_id: str, weights_digest: str) -> Any:
+    """What computes features for a backbone name: the shared engine of a registered backbone, or the
+    fine-tuned network of ``model:<id>`` (from the same bounded cache that serves its predictions)."""
+    if backbone.startswith(MODEL_PREFIX):
+        from workers.predict import PREDICTORS
+
+        return PREDICTORS.get(tenant_id, backbone.removeprefix(MODEL_PREFIX)).finetuned
+    from workers.engine import get_engine
+
+    return get_engine(backbone, pretrained=False if weights_digest == "random" else None)
 
 
 @dataclass
@@ -101,7 +133,7 @@ def plan_extraction(
 ) -> Planned:
     """Find the feature set in the cache or create it with an extraction job (the caller enqueues)."""
     dv = ds.ready_version(session, tenant_id, dataset_id, version)
-    spec, digest = resolve_backbone(backbone, allow_random_weights)
+    spec, digest = resolve_backbone(backbone, allow_random_weights, tenant_id)
     hashes = list(session.scalars(select(Image.sha256).where(Image.version_id == dv.id)))
     key = cache_key(hashes, spec, digest, engine_tag(queue))
     found = session.scalar(select(FeatureSet).where(FeatureSet.tenant_id == tenant_id, FeatureSet.cache_key == key))
@@ -191,7 +223,6 @@ def _batches(items: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str
 
 def extract_features(ctx: JobContext | None, fs_id: str) -> dict[str, Any]:
     """Fill a feature set's chunks (skipping those already written) and mark it ready."""
-    from workers.engine import get_engine
     from workers.preprocess import load_rgb, stack_batch
 
     settings, storage = get_settings(), get_storage()
@@ -201,10 +232,9 @@ def extract_features(ctx: JobContext | None, fs_id: str) -> dict[str, Any]:
             raise NotFound(f"feature set {fs_id!r} no longer exists")
         fs.status = "running"
         rows = [(img.sha256, img.canonical_key) for img in ds.version_images(s, fs.version_id)]
-        prefix, backbone = fs.storage_prefix, fs.backbone
-        allow_random = fs.weights_digest == "random"
-    spec = get_backbone(backbone)
-    engine = get_engine(backbone, pretrained=False if allow_random else None)
+        prefix, backbone, tenant_id, digest = fs.storage_prefix, fs.backbone, fs.tenant_id, fs.weights_digest
+    spec, _ = resolve_backbone(backbone, True, tenant_id)
+    engine = feature_engine(backbone, tenant_id, digest)
     start, forwarded, total = time.perf_counter(), 0, len(rows)
     chunks = [rows[i : i + CHUNK_SIZE] for i in range(0, total, CHUNK_SIZE)]
 
@@ -239,7 +269,7 @@ def extract_features(ctx: JobContext | None, fs_id: str) -> dict[str, Any]:
         "forward_images": forwarded,
         "chunks": len(chunks),
         "images_per_s": round(forwarded / seconds, 1) if forwarded and seconds > 0 else None,
-        "engine_used": engine.key,
+        "engine_used": getattr(engine, "key", type(engine).__name__),
     }
     with session_scope() as s:
         fs = s.get(FeatureSet, fs_id)

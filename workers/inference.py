@@ -55,15 +55,16 @@ def per_file(batch: DecodedBatch, rows: list[dict[str, Any]]) -> list[dict[str, 
     ]
 
 
-def embed(backbone: str, files: list[tuple[str, bytes]], allow_random_weights: bool = False) -> dict[str, Any]:
-    from workers.engine import get_engine
-    from workers.features import resolve_backbone
+def embed(
+    tenant_id: str, backbone: str, files: list[tuple[str, bytes]], allow_random_weights: bool = False
+) -> dict[str, Any]:
+    from workers.features import feature_engine, resolve_backbone
 
-    spec, digest = resolve_backbone(backbone, allow_random_weights)
+    spec, digest = resolve_backbone(backbone, allow_random_weights, tenant_id)
     batch = decode_files(files, spec)
     rows: list[dict[str, Any]] = []
     if batch.pixels is not None:
-        engine = get_engine(spec.name, pretrained=None if digest != "random" else False)
+        engine = feature_engine(backbone, tenant_id, digest)
         rows = [{"embedding": v.tolist()} for v in engine.features(batch.pixels)]
     return {
         "backbone": spec.name,

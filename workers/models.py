@@ -67,7 +67,7 @@ def plan_model(
         raise InvalidInput(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     dv = ds.ready_version(session, tenant_id, dataset_id, version)
     if strategy == "linear_probe":
-        spec, digest = feats.resolve_backbone(backbone, allow_random_weights)
+        spec, digest = feats.resolve_backbone(backbone, allow_random_weights, tenant_id)
         head_config(head, seed)  # validated now, so a bad request fails at once rather than in the job
         params: dict[str, Any] = {"head": head or {}, "seed": seed, "allow_random_weights": allow_random_weights}
         kind = "fit"
@@ -80,7 +80,7 @@ def plan_model(
         tenant_id=tenant_id,
         dataset_id=dataset_id,
         version_id=dv.id,
-        backbone=spec.name,
+        backbone=backbone if backbone.startswith(feats.MODEL_PREFIX) else spec.name,
         strategy=strategy,
         params={**params, "queue": queue},
         storage_prefix="",
@@ -88,7 +88,8 @@ def plan_model(
             "dataset_id": dataset_id,
             "dataset_version": dv.version,
             "version_id": dv.id,
-            "backbone": spec.name,
+            "backbone": backbone if backbone.startswith(feats.MODEL_PREFIX) else spec.name,
+            "architecture": spec.name,
             "weights_digest": digest,
         },
     )
@@ -117,6 +118,31 @@ def get_model(session: Session, tenant_id: str, model_id: str) -> Model:
 
 def list_models(session: Session, tenant_id: str) -> list[Model]:
     return list(session.scalars(select(Model).where(Model.tenant_id == tenant_id).order_by(Model.created_at)))
+
+
+def finetuned_backbones(session: Session, tenant_id: str) -> list[dict[str, Any]]:
+    """Cards of the tenant's ready fine-tuned models, in ``GET /v1/backbones``'s shape."""
+    from workers.backbones import get_backbone
+
+    stmt = select(Model).where(Model.tenant_id == tenant_id, Model.strategy == "finetune", Model.status == "ready")
+    cards = []
+    for model in session.scalars(stmt.order_by(Model.created_at)):
+        spec = get_backbone(model.backbone)
+        cards.append(
+            {
+                "name": f"{feats.MODEL_PREFIX}{model.id}",
+                "feature_dim": spec.feature_dim,
+                "input_size": spec.preprocessing.input_size,
+                "weights": "fine-tuned",
+                "license": spec.weights.license,
+                "pretrained": True,
+                "feature_layer": spec.feature_layer,
+                "family": "fine-tuned",
+                "base": spec.name,
+                "dataset_id": model.dataset_id,
+            }
+        )
+    return cards
 
 
 def model_to_dict(model: Model) -> dict[str, Any]:
@@ -160,7 +186,6 @@ def library_versions() -> dict[str, str]:
 def fit_job(ctx: JobContext) -> dict[str, Any]:
     from classifiers.metrics import evaluate
     from classifiers.persistence import export_head, save_head
-
     from classifiers.search import fit_head
 
     with session_scope() as s:

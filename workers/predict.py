@@ -16,7 +16,7 @@ from core.db import session_scope
 from core.errors import Conflict
 from core.settings import get_settings
 from core.storage import get_storage
-from workers.backbones import BackboneSpec, get_backbone
+from workers.backbones import BackboneSpec
 
 
 @dataclass
@@ -27,6 +27,13 @@ class Predictor:
     strategy: str
     _engine: Any
     _head: Any
+
+    @property
+    def finetuned(self) -> Any:
+        """The fine-tuned network's engine (``features``, ``predict_proba``), for use as a backbone."""
+        if self.strategy != "finetune":
+            raise Conflict(f"model {self.model_id!r} is a linear probe, not a fine-tuned network")
+        return self._engine
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 NHWC batch → class probabilities (columns follow ``labels``)."""
@@ -43,7 +50,7 @@ def _build(tenant_id: str, model_id: str) -> Predictor:
         if model.status != "ready":
             raise Conflict(f"model {model_id!r} is {model.status}; predict once its training job has succeeded")
         backbone, prefix, strategy = model.backbone, model.storage_prefix, model.strategy
-        random_weights = model.lineage.get("weights_digest") == "random"
+        digest = model.lineage.get("weights_digest", "")
     storage = get_storage()
     if strategy == "finetune":
         from workers.finetune import load_finetuned
@@ -51,11 +58,12 @@ def _build(tenant_id: str, model_id: str) -> Predictor:
         engine = load_finetuned(prefix)
         return Predictor(model_id, engine.spec, list(engine.labels), strategy, engine, None)
     from classifiers.persistence import load_head
-    from workers.engine import get_engine
+    from workers.features import feature_engine, resolve_backbone
 
     head = load_head(lambda name: storage.get_bytes(f"{prefix}/{name}"))
-    engine = get_engine(backbone, pretrained=False if random_weights else None)
-    return Predictor(model_id, get_backbone(backbone), [str(c) for c in head.classes_], strategy, engine, head)
+    spec, _ = resolve_backbone(backbone, True, tenant_id)
+    engine = feature_engine(backbone, tenant_id, digest)
+    return Predictor(model_id, spec, [str(c) for c in head.classes_], strategy, engine, head)
 
 
 class _PredictorCache:

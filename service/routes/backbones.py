@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import SettingsDep, TenantDep
+from service.deps import SessionDep, SettingsDep, TenantDep
 from service.uploads import read_files
 from workers import inference
 from workers.backbones import describe_backbone, get_backbone, list_backbones
@@ -16,8 +16,11 @@ router = APIRouter(tags=["backbones"])
 
 
 @router.get("/v1/backbones")
-def backbones(_: TenantDep) -> list[dict[str, Any]]:
-    return [describe_backbone(spec) for spec in list_backbones()]
+def backbones(tenant_id: TenantDep, session: SessionDep) -> list[dict[str, Any]]:
+    """The registry, then the caller's fine-tuned models, usable as backbones under ``model:<id>``."""
+    from workers.models import finetuned_backbones
+
+    return [describe_backbone(spec) for spec in list_backbones()] + finetuned_backbones(session, tenant_id)
 
 
 @router.get("/v1/backbones/{name}")
@@ -39,11 +42,11 @@ async def classify(
 
 @router.post("/v1/embed")
 async def embed(
-    _: TenantDep,
+    tenant_id: TenantDep,
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File()],
     backbone: Annotated[str, Form()] = "efficientnet_lite0",
     allow_random_weights: Annotated[bool, Form()] = False,
 ) -> dict[str, Any]:
     payload = await read_files(files, settings)
-    return await run_in_threadpool(inference.embed, backbone, payload, allow_random_weights)
+    return await run_in_threadpool(inference.embed, tenant_id, backbone, payload, allow_random_weights)

@@ -79,6 +79,42 @@ def test_finetune_lenet_reports_epochs_metrics_and_predicts(env) -> None:
     assert all(p["label"] in model["labels"] for p in pred.json()["predictions"])
 
 
+def test_a_finetuned_model_is_a_backbone_for_features_and_probes(env) -> None:
+    client, key, dataset_id = env
+    body = {
+        "dataset_id": dataset_id,
+        "backbone": "lenet5",
+        "strategy": "finetune",
+        "finetune": {"epochs": 2, "unfreeze": "all", "lr": 3e-3, "batch_size": 16},
+    }
+    tuned = client.post("/v1/models", headers=auth(key), json=body).json()
+    assert wait_for_job(client, tuned["job_id"], key, timeout=600)["status"] == "succeeded"
+    name = f"model:{tuned['id']}"
+    cards = {b["name"]: b for b in client.get("/v1/backbones", headers=auth(key)).json()}
+    assert cards[name]["feature_dim"] == 84 and cards[name]["base"] == "lenet5"
+
+    fs = client.post("/v1/features", headers=auth(key), json={"dataset_id": dataset_id, "backbone": name})
+    assert fs.status_code == 202, fs.text
+    assert wait_for_job(client, fs.json()["job_id"], key)["status"] == "succeeded"
+    assert client.get(f"/v1/features/{fs.json()['id']}", headers=auth(key)).json()["feature_dim"] == 84
+
+    probe = client.post("/v1/models", headers=auth(key), json={"dataset_id": dataset_id, "backbone": name})
+    job = wait_for_job(client, probe.json()["job_id"], key)
+    assert job["status"] == "succeeded", job
+    assert job["metrics"]["forward_images"] == 0  # the features above were reused
+    files = [("files", (n, d, "image/png")) for n, _, d in list(iter_labelled_pngs("digits", 1, seed=5))[:2]]
+    pred = client.post(f"/v1/models/{probe.json()['id']}/predict", headers=auth(key), files=files)
+    assert pred.status_code == 200 and len(pred.json()["predictions"]) == 2
+
+    from core.db import session_scope
+    from core.tenancy import create_api_key
+
+    with session_scope() as s:
+        other = create_api_key(s, "globex")
+    refused = client.post("/v1/embed", headers=auth(other), files=files, data={"backbone": name})
+    assert refused.status_code == 422 and "no such model" in refused.json()["error"]["message"]
+
+
 def test_finetune_request_validation(env) -> None:
     client, key, dataset_id = env
     for finetune, word in [
