@@ -37,7 +37,7 @@ lint: install
 	$(BIN)/ruff check .
 
 bench: install sample-data
-	$(BIN)/python benchmarks/run_all.py
+	for b in ingest extract head_fit predict finetune quality; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -46,8 +46,9 @@ class HeadConfig:
     pca_whiten: bool = False
     pca_components: int | float | None = None
     max_iter: int = 1000
-    # lbfgs stops on the max-norm of the gradient of the *mean* loss: 1e-3 reaches the accuracy of a
-    # fully converged fit in a quarter of the iterations on 1,280-d CNN-like features.
+    # Each solver's stopping tolerance (lbfgs: max-norm of the gradient of the mean loss; liblinear;
+    # SGD: loss improvement). For lbfgs, 1e-3 reached the test accuracy of a 1e-4 fit in a quarter of
+    # the iterations on 10k x 1,280 CNN-like features.
     tol: float = 1e-3
     seed: int = 0
     cv_folds: int = 3
@@ -124,7 +125,10 @@ def _estimator(cfg: HeadConfig) -> BaseEstimator:
             class_weight=cfg.class_weight, random_state=cfg.seed,
         )
     if cfg.type == "linear_svm":
-        svc = LinearSVC(max_iter=cfg.max_iter, tol=cfg.tol, class_weight=cfg.class_weight,
+        # dual coordinate descent (LIBLINEAR's own default) rather than sklearn's "auto" (primal when
+        # n_samples > n_features): on 6.7k x 1,280 standardised features it was 1.1-6x faster for
+        # every C from 1e-4 to 3e-2, with the same accuracy.
+        svc = LinearSVC(dual=True, max_iter=cfg.max_iter, tol=cfg.tol, class_weight=cfg.class_weight,
                         random_state=cfg.seed)
         # ensemble=False: one SVM on all the data plus one Platt sigmoid per class fitted on
         # cross-validated decision values, which exports exactly as W, b and (a_k, b_k).

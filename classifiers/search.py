@@ -63,9 +63,9 @@ def fit_head(
     strings. The returned pipeline is refitted on train+val with the chosen ``C``.
     """
     # One BLAS/OpenMP thread throughout (process-wide while fitting). Measured on the 2-core dev
-    # machine, 10k x 1,280: lbfgs iterations ran 2x faster on one thread than on two when idle, and
-    # two threads collapsed 10-18x when another process was busy; one held. Parallelism comes from
-    # running the search's folds side by side instead.
+    # machine, 25 lbfgs iterations on 10k x 1,280: 0.54 s on one thread, 1.1-2.0 s on two when
+    # idle, and 4.9-9.9 s on two while another process was busy (one thread held at 0.6 s).
+    # Parallelism comes from running the search's folds side by side instead.
     with threadpool_limits(limits=1):
         return _fit_head(X, y, cfg, X_val, y_val)
 

@@ -1,0 +1,174 @@
+"""Quality on real data, through tlserve's own jobs (ingest → features → linear probe → fine-tune):
+
+* linear probe (efficientnet_lite0 features, CV-chosen C) vs a plain scikit-learn LogisticRegression on the
+  same features and split, vs logistic regression on raw pixels — on scikit-learn's digits and a stratified
+  Fashion-MNIST subset (25 % test split);
+* fine-tuning on a Fashion-MNIST subset: head only (cached path) and last stage unfrozen with augmentation
+  (augmented path), next to the linear probe on the same subset.
+
+    .venv/bin/python benchmarks/bench_quality.py [--fashion-per-class 300] [--finetune-per-class 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from common import isolated_env, write_result
+
+
+def make_dataset(source: str, per_class: int) -> tuple[str, str]:
+    """(tenant id, dataset id) of a ready dataset ingested through the ingestion job."""
+    from core import jobs
+    from core.datasets import create_dataset, upload_key
+    from core.db import session_scope
+    from core.sample_data import class_folder_zip
+    from core.storage import get_storage
+    from core.tenancy import get_or_create_tenant
+    from workers.datasets import ingest_job
+
+    params = {"val_fraction": 0.1, "test_fraction": 0.25, "seed": 0}
+    with session_scope() as s:
+        tenant = get_or_create_tenant(s, "quality")
+        dataset, version = create_dataset(s, tenant.id, f"{source}-{per_class}", params)
+        job = jobs.create_job(s, tenant_id=tenant.id, kind="ingest")
+        key = upload_key(tenant.id, job.id)
+        job.params = {
+            "mode": "archive",
+            "upload_key": key,
+            "dataset_id": dataset.id,
+            "version_id": version.id,
+            **params,
+        }
+    get_storage().put_bytes(key, class_folder_zip(source, per_class=per_class))
+    ingest_job(jobs.begin_attempt(job.id))
+    return tenant.id, dataset.id
+
+
+def run_model(tenant_id: str, dataset_id: str, **request) -> dict:
+    from core import jobs
+    from core.db import session_scope
+    from core.models import Model
+    from workers.finetune import finetune_job
+    from workers.models import fit_job, plan_model
+
+    with session_scope() as s:
+        model, job = plan_model(
+            s,
+            tenant_id,
+            dataset_id=dataset_id,
+            version=None,
+            allow_random_weights=False,
+            queue="cpu",
+            seed=0,
+            **request,
+        )
+        model_id, job_id = model.id, job.id
+    start = time.perf_counter()
+    body = finetune_job if request["strategy"] == "finetune" else fit_job
+    out = body(jobs.begin_attempt(job_id))
+    with session_scope() as s:
+        m = s.get(Model, model_id)
+        return {
+            "test_accuracy": round(m.metrics["accuracy"], 4),
+            "macro_f1": round(m.metrics["macro_f1"], 4),
+            "train_accuracy": round(m.metrics["train_accuracy"], 4),
+            "seconds": round(time.perf_counter() - start, 1),
+            **({"best_epoch": out["best_epoch"], "data_path": out["data_path"]} if "best_epoch" in out else {}),
+        }
+
+
+def baselines(tenant_id: str, dataset_id: str) -> dict:
+    """Plain scikit-learn on the same cached features and split, and on raw pixels."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from core import datasets as ds
+    from core.db import session_scope
+    from core.models import FeatureSet
+    from core.storage import get_storage
+    from workers.features import labelled_features
+
+    with session_scope() as s:
+        fs = s.query(FeatureSet).filter_by(dataset_id=dataset_id, backbone="efficientnet_lite0").one()
+        data = labelled_features(s, fs)
+        rows = {r.sha256: r for r in ds.version_images(s, fs.version_id)}
+    fit = data["splits"] != "test"
+    plain = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    plain.fit(data["features"][fit], data["labels"][fit])
+    plain_acc = float(np.mean(plain.predict(data["features"][~fit]) == data["labels"][~fit]))
+
+    from PIL import Image
+
+    storage = get_storage()
+    pixels = np.stack(
+        [
+            np.asarray(
+                Image.open(__import__("io").BytesIO(storage.get_bytes(rows[h].canonical_key))).convert("L"),
+                dtype=np.float32,
+            ).ravel()
+            / 255.0
+            for h in data["sha256"]
+        ]
+    )
+    raw = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.1))
+    raw.fit(pixels[fit], data["labels"][fit])
+    raw_acc = float(np.mean(raw.predict(pixels[~fit]) == data["labels"][~fit]))
+    return {"plain_sklearn_logistic_on_same_features": round(plain_acc, 4), "logistic_on_raw_pixels": round(raw_acc, 4)}
+
+
+def probe_report(source: str, per_class: int) -> dict:
+    tenant_id, dataset_id = make_dataset(source, per_class)
+    probe = run_model(
+        tenant_id, dataset_id, backbone="efficientnet_lite0", strategy="linear_probe", head={}, finetune=None
+    )
+    return {"images": per_class * 10, "linear_probe": probe, **baselines(tenant_id, dataset_id)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--fashion-per-class", type=int, default=300)
+    parser.add_argument("--finetune-per-class", type=int, default=100)
+    parser.add_argument("--finetune-epochs", type=int, default=4)
+    args = parser.parse_args()
+    isolated_env()
+    from core.sample_data import digits, fashion_available
+
+    result = {"digits": probe_report("digits", min(174, int(np.bincount(digits()[1]).min())))}
+    if fashion_available():
+        result["fashion_mnist"] = probe_report("fashion", args.fashion_per_class)
+        tenant_id, dataset_id = make_dataset("fashion", args.finetune_per_class)
+        ft = {"images": args.finetune_per_class * 10}
+        ft["linear_probe"] = run_model(
+            tenant_id, dataset_id, backbone="efficientnet_lite0", strategy="linear_probe", head={}, finetune=None
+        )
+        ft["finetune_head_only"] = run_model(
+            tenant_id,
+            dataset_id,
+            backbone="efficientnet_lite0",
+            strategy="finetune",
+            head=None,
+            finetune={"epochs": 30, "unfreeze": "head", "lr": 3e-3, "early_stopping_patience": 5},
+        )
+        ft["finetune_last1_augmented"] = run_model(
+            tenant_id,
+            dataset_id,
+            backbone="efficientnet_lite0",
+            strategy="finetune",
+            head=None,
+            finetune={
+                "epochs": args.finetune_epochs,
+                "unfreeze": "last:1",
+                "augment": ["hflip", "crop"],
+                "lr": 1e-3,
+                "early_stopping_patience": 0,
+            },
+        )
+        result["fashion_mnist_finetune"] = ft
+    write_result("quality", result)
+
+
+if __name__ == "__main__":
+    main()
