@@ -21,39 +21,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, isolated_env, write_result
+from common import ROOT, ingest_sample, isolated_env, write_result
 
 BACKBONE = "efficientnet_lite0"
 
 
 def ingest(n: int) -> str:
     """A ready dataset version of ``n`` real images; returns its feature-set id (planned, not extracted)."""
-    from core import jobs
-    from core.datasets import create_dataset, upload_key
     from core.db import session_scope
-    from core.sample_data import class_folder_zip, default_source
-    from core.storage import get_storage
-    from core.tenancy import get_or_create_tenant
-    from workers.datasets import ingest_job
+    from core.sample_data import default_source
     from workers.features import plan_extraction
 
     params = {"val_fraction": 0.0, "test_fraction": 0.0, "seed": 0}
+    tenant_id, dataset_id, _ = ingest_sample(default_source(), n // 10, params)
     with session_scope() as s:
-        tenant = get_or_create_tenant(s, "bench")
-        dataset, version = create_dataset(s, tenant.id, "bench", params)
-        job = jobs.create_job(s, tenant_id=tenant.id, kind="ingest")
-        key = upload_key(tenant.id, job.id)
-        job.params = {
-            "mode": "archive",
-            "upload_key": key,
-            "dataset_id": dataset.id,
-            "version_id": version.id,
-            **params,
-        }
-    get_storage().put_bytes(key, class_folder_zip(default_source(), per_class=n // 10))
-    ingest_job(jobs.begin_attempt(job.id))
-    with session_scope() as s:
-        return plan_extraction(s, tenant.id, dataset.id, BACKBONE).feature_set.id
+        return plan_extraction(s, tenant_id, dataset_id, BACKBONE).feature_set.id
 
 
 def job_rate(fs_id: str) -> float:
@@ -114,19 +96,28 @@ def naive_rate(n: int) -> tuple[float, int]:
     return done / (time.perf_counter() - start), torch.get_num_threads()
 
 
+def _python(code: str, env: dict[str, str]) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def peak_rss_mb(n: int) -> float:
-    """Peak RSS of a fresh process that ingests nothing but extracts ``n`` images (after its own ingest)."""
-    code = (
-        "import sys, resource, json; sys.path.insert(0, 'benchmarks');"
-        "import bench_extract as b; from common import isolated_env; isolated_env();"
-        f"fs = b.ingest({n}); import resource as r; before = r.getrusage(r.RUSAGE_SELF).ru_maxrss;"
-        "b.job_rate(fs); print(json.dumps({'peak_kb': r.getrusage(r.RUSAGE_SELF).ru_maxrss, 'before_kb': before}))"
+    """Peak RSS of a worker-like process that only extracts ``n`` images: a first process ingests them and
+    exports the ONNX graph into a fresh data folder, a second one (measured) runs the extraction job."""
+    data = tempfile.mkdtemp(prefix=f"tlserve-mem{n}-")
+    env = {**os.environ, "TLSERVE_DATA_DIR": data, "TLSERVE_BROKER_URL": "memory://"}
+    env.pop("TLSERVE_DATABASE_URL", None)
+    prepare = (
+        "import sys, json; sys.path.insert(0, 'benchmarks'); import bench_extract as b;"
+        f"from core.migrate import upgrade; upgrade(); fs = b.ingest({n}); b.bare_rate(8);"
+        "print(json.dumps({'fs': fs}))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, env={**os.environ}
+    fs_id = _python(prepare, env)["fs"]
+    measure = (
+        "import sys, json, resource as r; sys.path.insert(0, 'benchmarks'); import bench_extract as b;"
+        f"b.job_rate({fs_id!r}); print(json.dumps({{'peak_kb': r.getrusage(r.RUSAGE_SELF).ru_maxrss}}))"
     )
-    row = json.loads(out.stdout.strip().splitlines()[-1])
-    return row["peak_kb"] / 1024
+    return _python(measure, env)["peak_kb"] / 1024
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ Data (``--data``), 10,000 train + 2,000 test samples x 1,280 float32 features, 1
   activations (the service's features, which need torch to compute, have the same shape);
 * ``synthetic``: ``make_classification`` (64 informative + 64 redundant dims, 10 classes).
 
-Usage: ``.venv/bin/python benchmarks/bench_head_fit.py [--data fashion|synthetic] [--skip-grid]``
+Usage: ``.venv/bin/python benchmarks/bench_head_fit.py [--data fashion|synthetic] [--skip-grid] [--save]``
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import machine
+from common import machine, write_result
 from sklearn.datasets import make_classification
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -63,8 +63,14 @@ def fashion_features(n_train: int, n_test: int, dim: int, seed: int) -> Data:
 
 def synthetic_features(n_train: int, n_test: int, dim: int, seed: int) -> Data:
     X, y = make_classification(
-        n_samples=n_train + n_test, n_features=dim, n_informative=64, n_redundant=64, n_classes=10,
-        n_clusters_per_class=1, class_sep=1.5, random_state=seed,
+        n_samples=n_train + n_test,
+        n_features=dim,
+        n_informative=64,
+        n_redundant=64,
+        n_classes=10,
+        n_clusters_per_class=1,
+        class_sep=1.5,
+        random_state=seed,
     )
     X, y = X.astype(np.float32), y.astype(str)
     return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
@@ -96,7 +102,8 @@ def time_grid_search(data: Data, blas_threads: int | None) -> dict[str, Any]:
     load, cpu = os.getloadavg()[0], time.process_time()
     grid = GridSearchCV(
         Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression())]),
-        {"clf__C": GRID_CS}, cv=5,
+        {"clf__C": GRID_CS},
+        cv=5,
     )
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=blas_threads):
@@ -116,24 +123,28 @@ def time_grid_search(data: Data, blas_threads: int | None) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", choices=["fashion", "synthetic"],
-                        default="fashion" if FASHION_MNIST.exists() else "synthetic")
+    parser.add_argument(
+        "--data", choices=["fashion", "synthetic"], default="fashion" if FASHION_MNIST.exists() else "synthetic"
+    )
     parser.add_argument("--n-train", type=int, default=10_000)
     parser.add_argument("--n-test", type=int, default=2_000)
     parser.add_argument("--dim", type=int, default=1280)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-grid", action="store_true", help="time fit_head only")
-    parser.add_argument("--baseline-threads", type=int, default=1,
-                        help="BLAS threads for GridSearchCV (0: the library default)")
-    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument(
+        "--baseline-threads", type=int, default=1, help="BLAS threads for GridSearchCV (0: the library default)"
+    )
+    parser.add_argument("--save", action="store_true", help="write benchmarks/results/head_fit.json")
     args = parser.parse_args()
 
     info = {**machine(), "load_average": os.getloadavg()}
     print("machine:", json.dumps(info))
     make = fashion_features if args.data == "fashion" else synthetic_features
     data = make(args.n_train, args.n_test, args.dim, args.seed)
-    print(f"data: {args.data}, train {data[0].shape} {data[0].dtype}, test {data[2].shape}, "
-          f"{len(np.unique(data[1]))} classes")
+    print(
+        f"data: {args.data}, train {data[0].shape} {data[0].dtype}, test {data[2].shape}, "
+        f"{len(np.unique(data[1]))} classes"
+    )
 
     results: dict[str, Any] = {"machine": info, "data": args.data, "shape": list(data[0].shape)}
     results["fit_head"] = time_fit_head(data, args.seed)
@@ -142,12 +153,14 @@ def main() -> None:
         ours, grid = results["fit_head"], time_grid_search(data, args.baseline_threads or None)
         results["grid_search"] = grid
         print(f"GridSearchCV 5-fold x {len(GRID_CS)} C:", json.dumps(grid))
-        print(f"speed-up {grid['seconds'] / ours['seconds']:.1f}x, test accuracy "
-              f"{ours['test_accuracy']:.4f} vs {grid['test_accuracy']:.4f} "
-              f"({100 * (ours['test_accuracy'] - grid['test_accuracy']):+.2f} pt); "
-              f"load average now {os.getloadavg()[0]:.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(
+            f"speed-up {grid['seconds'] / ours['seconds']:.1f}x, test accuracy "
+            f"{ours['test_accuracy']:.4f} vs {grid['test_accuracy']:.4f} "
+            f"({100 * (ours['test_accuracy'] - grid['test_accuracy']):+.2f} pt); "
+            f"load average now {os.getloadavg()[0]:.2f}"
+        )
+    if args.save:
+        write_result("head_fit", results)
 
 
 if __name__ == "__main__":

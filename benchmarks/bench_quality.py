@@ -15,35 +15,13 @@ import argparse
 import time
 
 import numpy as np
-from common import isolated_env, write_result
+from common import ingest_sample, isolated_env, write_result
 
 
 def make_dataset(source: str, per_class: int) -> tuple[str, str]:
     """(tenant id, dataset id) of a ready dataset ingested through the ingestion job."""
-    from core import jobs
-    from core.datasets import create_dataset, upload_key
-    from core.db import session_scope
-    from core.sample_data import class_folder_zip
-    from core.storage import get_storage
-    from core.tenancy import get_or_create_tenant
-    from workers.datasets import ingest_job
-
-    params = {"val_fraction": 0.1, "test_fraction": 0.25, "seed": 0}
-    with session_scope() as s:
-        tenant = get_or_create_tenant(s, "quality")
-        dataset, version = create_dataset(s, tenant.id, f"{source}-{per_class}", params)
-        job = jobs.create_job(s, tenant_id=tenant.id, kind="ingest")
-        key = upload_key(tenant.id, job.id)
-        job.params = {
-            "mode": "archive",
-            "upload_key": key,
-            "dataset_id": dataset.id,
-            "version_id": version.id,
-            **params,
-        }
-    get_storage().put_bytes(key, class_folder_zip(source, per_class=per_class))
-    ingest_job(jobs.begin_attempt(job.id))
-    return tenant.id, dataset.id
+    tenant_id, dataset_id, _ = ingest_sample(source, per_class, {"val_fraction": 0.1, "test_fraction": 0.25, "seed": 0})
+    return tenant_id, dataset_id
 
 
 def run_model(tenant_id: str, dataset_id: str, **request) -> dict:

@@ -48,3 +48,36 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     print(json.dumps(result, indent=2))
     print(f"written to {path.relative_to(ROOT)}")
     return path
+
+
+def ingest_sample(source: str, per_class: int, params: dict[str, Any], name: str = "bench") -> tuple[str, str, dict]:
+    """Ingest ``per_class`` real images per class through the ingestion job itself.
+    Returns (tenant id, dataset id, the job's metrics with ``seconds`` and ``archive_bytes`` added)."""
+    import time
+
+    from core import jobs
+    from core.datasets import create_dataset, upload_key
+    from core.db import session_scope
+    from core.sample_data import class_folder_zip
+    from core.storage import get_storage
+    from core.tenancy import get_or_create_tenant
+    from workers.datasets import ingest_job
+
+    archive = class_folder_zip(source, per_class=per_class)
+    with session_scope() as s:
+        tenant = get_or_create_tenant(s, name)
+        dataset, version = create_dataset(s, tenant.id, f"{source}-{per_class}", params)
+        job = jobs.create_job(s, tenant_id=tenant.id, kind="ingest")
+        key = upload_key(tenant.id, job.id)
+        job.params = {
+            "mode": "archive",
+            "upload_key": key,
+            "dataset_id": dataset.id,
+            "version_id": version.id,
+            **params,
+        }
+        tenant_id, dataset_id, job_id = tenant.id, dataset.id, job.id
+    get_storage().put_bytes(key, archive)
+    start = time.perf_counter()
+    metrics = ingest_job(jobs.begin_attempt(job_id))
+    return tenant_id, dataset_id, {**metrics, "seconds": time.perf_counter() - start, "archive_bytes": len(archive)}

@@ -88,12 +88,14 @@ def _export_classifier(clf: BaseEstimator, arrays: Arrays) -> tuple[str, str, st
     if isinstance(clf, LogisticRegression) and len(clf.classes_) > 2:
         arrays.update(coef=coef, intercept=intercept)
         return "logistic", "softmax", "scores"
-    if isinstance(clf, LogisticRegression) or (
-        isinstance(clf, SGDClassifier) and clf.loss == "log_loss"
-    ):
+    if isinstance(clf, LogisticRegression) or (isinstance(clf, SGDClassifier) and clf.loss == "log_loss"):
         # One-vs-rest sigmoids normalised over classes (sklearn's _predict_proba_lr): a=-1, b=0.
-        arrays.update(coef=coef, intercept=intercept, calib_a=-np.ones(len(coef), coef.dtype),
-                      calib_b=np.zeros(len(coef), coef.dtype))
+        arrays.update(
+            coef=coef,
+            intercept=intercept,
+            calib_a=-np.ones(len(coef), coef.dtype),
+            calib_b=np.zeros(len(coef), coef.dtype),
+        )
         return ("logistic" if isinstance(clf, LogisticRegression) else "sgd"), "ovr_sigmoid", "scores"
     raise ValueError(f"cannot export classifier {type(clf).__name__} (see export_head for the supported)")
 
@@ -107,7 +109,8 @@ def _export_calibrated_svm(clf: CalibratedClassifierCV, arrays: Arrays) -> tuple
         raise ValueError("export needs a LinearSVC fitted on every class inside the calibration")
     coef, intercept = _linear(svm)
     arrays.update(
-        coef=coef, intercept=intercept,
+        coef=coef,
+        intercept=intercept,
         calib_a=np.array([c.a_ for c in calibrated.calibrators], dtype=np.float64),
         calib_b=np.array([c.b_ for c in calibrated.calibrators], dtype=np.float64),
     )

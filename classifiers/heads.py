@@ -121,15 +121,19 @@ def _estimator(cfg: HeadConfig) -> BaseEstimator:
     if cfg.type == "logistic":
         # lbfgs on >2 classes is the multinomial (softmax) model.
         return LogisticRegression(
-            solver="lbfgs", max_iter=cfg.max_iter, tol=cfg.tol,
-            class_weight=cfg.class_weight, random_state=cfg.seed,
+            solver="lbfgs",
+            max_iter=cfg.max_iter,
+            tol=cfg.tol,
+            class_weight=cfg.class_weight,
+            random_state=cfg.seed,
         )
     if cfg.type == "linear_svm":
         # dual coordinate descent (LIBLINEAR's own default) rather than sklearn's "auto" (primal when
         # n_samples > n_features): on 6.7k x 1,280 standardised features it was 1.1-6x faster for
         # every C from 1e-4 to 3e-2, with the same accuracy.
-        svc = LinearSVC(dual=True, max_iter=cfg.max_iter, tol=cfg.tol, class_weight=cfg.class_weight,
-                        random_state=cfg.seed)
+        svc = LinearSVC(
+            dual=True, max_iter=cfg.max_iter, tol=cfg.tol, class_weight=cfg.class_weight, random_state=cfg.seed
+        )
         # ensemble=False: one SVM on all the data plus one Platt sigmoid per class fitted on
         # cross-validated decision values, which exports exactly as W, b and (a_k, b_k).
         return CalibratedClassifierCV(svc, method="sigmoid", cv=3, ensemble=False)
@@ -139,8 +143,14 @@ def _estimator(cfg: HeadConfig) -> BaseEstimator:
     # default "optimal": measured on 10k x 1,280 standardised CNN-like features, 26 epochs to 0.86
     # test accuracy, against 68 epochs to 0.84 for the default.
     return SGDClassifier(
-        loss="log_loss", learning_rate="adaptive", eta0=0.01, n_iter_no_change=2,
-        max_iter=cfg.max_iter, tol=cfg.tol, class_weight=cfg.class_weight, random_state=cfg.seed,
+        loss="log_loss",
+        learning_rate="adaptive",
+        eta0=0.01,
+        n_iter_no_change=2,
+        max_iter=cfg.max_iter,
+        tol=cfg.tol,
+        class_weight=cfg.class_weight,
+        random_state=cfg.seed,
         n_jobs=cfg.n_jobs,
     )
 

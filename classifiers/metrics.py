@@ -45,9 +45,7 @@ def classification_metrics(y_true: Any, y_pred: Any, labels: Sequence[str]) -> d
     missing = sorted(seen - set(order))
     if missing:
         raise ValueError(f"labels {missing} occur in y or the predictions but not in labels")
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=order, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=order, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         # As f1_score(average="macro"): over the labels that occur in y or the predictions; a class
@@ -67,9 +65,7 @@ def training_accuracy(model: Predictor, X: Any, y: Any) -> float:
     return float(np.mean(np.asarray(model.predict(X)).astype(str) == np.asarray(y).astype(str)))
 
 
-def generalization_report(
-    model: Predictor, X_train: Any, y_train: Any, X_test: Any, y_test: Any
-) -> dict[str, float]:
+def generalization_report(model: Predictor, X_train: Any, y_train: Any, X_test: Any, y_test: Any) -> dict[str, float]:
     """Training and test accuracy/error and their gap, to tell under- from over-fitting."""
     train = training_accuracy(model, X_train, y_train)
     test = training_accuracy(model, X_test, y_test)

@@ -23,10 +23,19 @@ FORMAT = "tlserve.linear_head"
 FORMAT_VERSION = 1
 LINKS = ("softmax", "ovr_sigmoid")
 PREDICT_FROM = ("scores", "proba")
-ARRAY_KEYS = frozenset({
-    "coef", "intercept", "scale_mean", "scale_scale",
-    "pca_components", "pca_mean", "pca_explained_variance", "calib_a", "calib_b",
-})
+ARRAY_KEYS = frozenset(
+    {
+        "coef",
+        "intercept",
+        "scale_mean",
+        "scale_scale",
+        "pca_components",
+        "pca_mean",
+        "pca_explained_variance",
+        "calib_a",
+        "calib_b",
+    }
+)
 
 
 class HeadFormatError(ValueError):
@@ -138,8 +147,12 @@ def validate_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
             f"version={meta.get('format_version')!r}); only plain arrays are ever loaded"
         )
     classes = meta.get("classes")
-    if (not isinstance(classes, list) or len(classes) < 2
-            or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes)):
+    if (
+        not isinstance(classes, list)
+        or len(classes) < 2
+        or not all(isinstance(c, str) for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
         raise HeadFormatError("classes must be a list of at least 2 distinct strings")
     if meta.get("link") not in LINKS or meta.get("predict_from") not in PREDICT_FROM:
         raise HeadFormatError(f"link must be one of {LINKS} and predict_from one of {PREDICT_FROM}")
@@ -181,8 +194,12 @@ def _check_shapes(a: dict[str, np.ndarray], meta: Mapping[str, Any]) -> None:
     need(len(pca) in (0, 3), "PCA needs components, mean and explained_variance")
     if pca:
         k = a["pca_components"].shape[0]
-        need(a["pca_components"].shape == (k, n_in) and a["pca_mean"].shape == (n_in,)
-             and a["pca_explained_variance"].shape == (k,), "PCA arrays must match n_features_in")
+        need(
+            a["pca_components"].shape == (k, n_in)
+            and a["pca_mean"].shape == (n_in,)
+            and a["pca_explained_variance"].shape == (k,),
+            "PCA arrays must match n_features_in",
+        )
     need(width == (a["pca_components"].shape[0] if pca else n_in), "coef width must match the features")
     calib = meta["link"] == "ovr_sigmoid"
     need(calib == ("calib_a" in a) == ("calib_b" in a), "calib_a/calib_b exactly for ovr_sigmoid")

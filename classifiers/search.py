@@ -9,6 +9,7 @@ two grid steps after the score stops improving, which skips the slow, weakly reg
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, clone
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold
@@ -29,7 +31,9 @@ Split = tuple[np.ndarray, np.ndarray]
 _Coef = tuple[np.ndarray, np.ndarray]
 
 # A validation split at least this large, holding every training class, is used as the search's
-# single holdout (auto mode): one path instead of ``cv_folds``, same ranking of C on real data.
+# single holdout (auto mode): one path instead of ``cv_folds``. Measured with 10k train + 2k val
+# CNN-like features, 3 seeds: C within half a decade of 3-fold CV's, test accuracy within 0.6 pt
+# either way, half the time.
 HOLDOUT_MIN_SAMPLES = 2000
 # Stop the C walk after this many consecutive grid points without a better mean score.
 PATIENCE = 2
@@ -54,9 +58,7 @@ class FitResult:
     search_seconds: float = 0.0
 
 
-def fit_head(
-    X: Any, y: Any, cfg: HeadConfig, *, X_val: Any = None, y_val: Any = None
-) -> FitResult:
+def fit_head(X: Any, y: Any, cfg: HeadConfig, *, X_val: Any = None, y_val: Any = None) -> FitResult:
     """Fit ``cfg``'s head on train (+ val); search ``C`` first when ``cfg.C`` is None.
 
     Features become float32 (what the feature cache stores; halves memory traffic) and labels
@@ -202,7 +204,10 @@ def _search_C(
     score = balanced_accuracy_score if cfg.class_weight == "balanced" else accuracy_score
     n_jobs = max(1, min(cfg.n_jobs, len(splits)))
     table: list[dict[str, Any]] = []
-    with Parallel(n_jobs=n_jobs, prefer="threads") as parallel:
+    # Path fits stop early on purpose (loose tol, weakly regularised end): their convergence
+    # warnings are noise. The final fit warns as usual.
+    with warnings.catch_warnings(), Parallel(n_jobs=n_jobs, prefer="threads") as parallel:
+        warnings.simplefilter("ignore", ConvergenceWarning)
         folds = parallel(delayed(_prepare_fold)(template, X, y, tr, va) for tr, va in splits)
         for C in sorted(cfg.C_grid):
             fold_scores = parallel(delayed(_fit_score)(f, cfg.type, C, score) for f in folds)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,3 +121,34 @@ def other_api_key(db: str) -> str:
 
     with session_scope() as s:
         return create_api_key(s, "globex")
+
+
+@contextmanager
+def module_service(root: Path) -> Iterator[tuple[Any, str]]:
+    """An in-process API (jobs in a thread) on its own data folder and SQLite database, shared by a test
+    module so that expensive artifacts (ONNX exports, features) are made once. Yields (client, api key)."""
+    from fastapi.testclient import TestClient
+
+    names = ("TLSERVE_DATA_DIR", "TLSERVE_BROKER_URL", "TLSERVE_DATABASE_URL")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update({"TLSERVE_DATA_DIR": str(root), "TLSERVE_BROKER_URL": "memory://"})
+    os.environ.pop("TLSERVE_DATABASE_URL", None)
+    reset_caches()
+    try:
+        from core.db import session_scope
+        from core.migrate import upgrade
+        from core.tenancy import create_api_key
+        from service.app import create_app
+
+        upgrade()
+        with session_scope() as s:
+            key = create_api_key(s, "acme")
+        with TestClient(create_app()) as client:
+            yield client, key
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        reset_caches()

@@ -57,8 +57,9 @@ def test_default_labels_are_the_models_classes_and_the_result_is_json_ready():
 def test_training_and_generalisation_error_side_by_side():
     model = _Fixed(["cat", "dog", "fox", "cat"])
     assert training_accuracy(model, np.zeros((4, 1)), ["cat", "dog", "fox", "dog"]) == 0.75
-    report = generalization_report(model, np.zeros((4, 1)), ["cat", "dog", "fox", "cat"],
-                                   np.zeros((2, 1)), ["dog", "cat"])
+    report = generalization_report(
+        model, np.zeros((4, 1)), ["cat", "dog", "fox", "cat"], np.zeros((2, 1)), ["dog", "cat"]
+    )
     assert report["train_accuracy"] == 1.0 and report["test_accuracy"] == 0.0
     assert report["train_error"] == 0.0 and report["test_error"] == 1.0
     assert report["generalization_gap"] == 1.0

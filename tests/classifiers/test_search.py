@@ -120,7 +120,8 @@ def test_digits_quality_matches_plain_and_grid_searched_logistic_regression(digi
     plain_acc = np.mean(plain.predict(scaler.transform(X_te)) == y_te)
     grid = GridSearchCV(
         make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
-        {"logisticregression__C": [0.001, 0.01, 0.1, 1, 10]}, cv=5,
+        {"logisticregression__C": [0.001, 0.01, 0.1, 1, 10]},
+        cv=5,
     ).fit(X_tr, y_tr)
     grid_acc = np.mean(grid.predict(X_te) == y_te)
     assert ours >= 0.95

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.sample_data import class_folder_zip, encode_png
+from tests.conftest import module_service
 from tests.helpers import auth, upload_dataset, wait_for_job
 
 pytestmark = pytest.mark.slow
@@ -18,31 +19,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str]]:
     """One data folder for the module so the ONNX export is made once."""
-    import os
-
-    from tests.conftest import reset_caches
-
-    root = tmp_path_factory.mktemp("features")
-    saved = {k: os.environ.get(k) for k in ("TLSERVE_DATA_DIR", "TLSERVE_BROKER_URL", "TLSERVE_DATABASE_URL")}
-    os.environ.update({"TLSERVE_DATA_DIR": str(root), "TLSERVE_BROKER_URL": "memory://"})
-    os.environ.pop("TLSERVE_DATABASE_URL", None)
-    reset_caches()
-    from core.db import session_scope
-    from core.migrate import upgrade
-    from core.tenancy import create_api_key
-    from service.app import create_app
-
-    upgrade()
-    with session_scope() as s:
-        key = create_api_key(s, "acme")
-    with TestClient(create_app()) as client:
+    with module_service(tmp_path_factory.mktemp("features")) as (client, key):
         yield client, key
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    reset_caches()
 
 
 def _photo(name: str) -> bytes:

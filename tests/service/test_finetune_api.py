@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
 from core.sample_data import class_folder_zip, iter_labelled_pngs
+from tests.conftest import module_service
 from tests.helpers import auth, upload_dataset, wait_for_job
 
 pytestmark = pytest.mark.slow
@@ -16,33 +16,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str, str]]:
-    from tests.conftest import reset_caches
-
-    root = tmp_path_factory.mktemp("finetune")
-    saved = {k: os.environ.get(k) for k in ("TLSERVE_DATA_DIR", "TLSERVE_BROKER_URL", "TLSERVE_DATABASE_URL")}
-    os.environ.update({"TLSERVE_DATA_DIR": str(root), "TLSERVE_BROKER_URL": "memory://"})
-    os.environ.pop("TLSERVE_DATABASE_URL", None)
-    reset_caches()
-    from core.db import session_scope
-    from core.migrate import upgrade
-    from core.tenancy import create_api_key
-    from service.app import create_app
-
-    upgrade()
-    with session_scope() as s:
-        key = create_api_key(s, "acme")
-    with TestClient(create_app()) as client:
-        body = upload_dataset(
-            client, key, class_folder_zip("digits", per_class=20), name="digits", test_fraction=0.25, val_fraction=0.15
-        ).json()
+    with module_service(tmp_path_factory.mktemp("finetune")) as (client, key):
+        archive = class_folder_zip("digits", per_class=20)
+        body = upload_dataset(client, key, archive, name="digits", test_fraction=0.25, val_fraction=0.15).json()
         assert wait_for_job(client, body["job_id"], key)["status"] == "succeeded"
         yield client, key, body["id"]
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    reset_caches()
 
 
 def test_finetune_lenet_reports_epochs_metrics_and_predicts(env) -> None:
