@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.db import get_owned
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import Dataset, DatasetVersion, Image
 
@@ -72,10 +73,7 @@ def new_version(session: Session, dataset: Dataset) -> DatasetVersion:
 
 
 def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None or dataset.tenant_id != tenant_id:
-        raise NotFound(f"dataset {dataset_id!r} not found")
-    return dataset
+    return get_owned(session, Dataset, tenant_id, dataset_id, "dataset")
 
 
 def delete_dataset(session: Session, tenant_id: str, dataset_id: str) -> list[str]:

@@ -6,9 +6,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -72,3 +75,13 @@ def dispose_engines() -> None:
         engine.dispose()
     _ENGINES.clear()
     _sessionmaker_for.cache_clear()
+
+
+def get_owned(session: Session, model: type[T], tenant_id: str, row_id: str, noun: str) -> T:
+    """A tenant's row by id; another tenant's id is ``NotFound`` exactly like one that does not exist."""
+    from core.errors import NotFound
+
+    row = session.get(model, row_id)
+    if row is None or row.tenant_id != tenant_id:  # type: ignore[attr-defined]
+        raise NotFound(f"{noun} {row_id!r} not found")
+    return row

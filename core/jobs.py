@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.db import session_scope
-from core.errors import JobCancelled, NotFound
+from core.db import get_owned, session_scope
+from core.errors import JobCancelled
 from core.models import Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,7 @@ def create_job(
 
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.tenant_id != tenant_id:
-        raise NotFound(f"job {job_id!r} not found")
-    return job
+    return get_owned(session, Job, tenant_id, job_id, "job")
 
 
 def list_jobs(session: Session, tenant_id: str, limit: int = 100) -> list[Job]:

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import datasets as ds
-from core.db import session_scope
+from core.db import get_owned, session_scope
 from core.errors import InvalidInput, NotFound
 from core.jobs import JobContext, create_job
 from core.models import FeatureSet, Image, Job
@@ -174,10 +174,7 @@ def plan_extraction(
 
 
 def get_feature_set(session: Session, tenant_id: str, feature_set_id: str) -> FeatureSet:
-    fs = session.get(FeatureSet, feature_set_id)
-    if fs is None or fs.tenant_id != tenant_id:
-        raise NotFound(f"feature set {feature_set_id!r} not found")
-    return fs
+    return get_owned(session, FeatureSet, tenant_id, feature_set_id, "feature set")
 
 
 def feature_set_to_dict(fs: FeatureSet) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core import datasets as ds
-from core.db import session_scope
+from core.db import get_owned, session_scope
 from core.errors import InvalidInput, NotFound
 from core.jobs import JobContext, create_job
 from core.models import Job, Model
@@ -110,10 +110,7 @@ def plan_model(
 
 
 def get_model(session: Session, tenant_id: str, model_id: str) -> Model:
-    model = session.get(Model, model_id)
-    if model is None or model.tenant_id != tenant_id:
-        raise NotFound(f"model {model_id!r} not found")
-    return model
+    return get_owned(session, Model, tenant_id, model_id, "model")
 
 
 def list_models(session: Session, tenant_id: str) -> list[Model]:
