@@ -248,15 +248,16 @@ def _export_checked(spec: BackboneSpec, weights: WeightsInfo, model: BackboneMod
 
 def build_engine(spec: BackboneSpec, weights: WeightsInfo, device: str) -> Engine:
     """A new engine (uncached): the stored .onnx if there is one, else load torch weights and export."""
-    from workers.backbones.load import load_model
-
     if device == "cpu":
         from core.storage import get_storage
 
         storage = get_storage()
         key = onnx_key(spec, weights)
-        if storage.exists(key):
+        if storage.exists(key):  # the common case: no torch in this process at all
             return OnnxEngine(str(storage.local_path(key)), spec, weights)
+    from workers.backbones.load import load_model
+
+    if device == "cpu":
         return _export_checked(spec, weights, load_model(spec, pretrained=weights.pretrained))
     return TorchEngine(load_model(spec, pretrained=weights.pretrained), spec, weights, device)
 
