@@ -17,6 +17,7 @@ TASKS = {
     "fit": "tlserve.fit",
     "compare": "tlserve.compare",
     "finetune": "tlserve.finetune",
+    "predict_batch": "tlserve.predict_batch",
 }
 
 

@@ -39,3 +39,10 @@ def finetune(job_id: str) -> None:
     from workers.finetune import finetune_job
 
     run_job(job_id, finetune_job)
+
+
+@app.task(name="tlserve.predict_batch")
+def predict_batch(job_id: str) -> None:
+    from workers.batch_predict import batch_predict_job
+
+    run_job(job_id, batch_predict_job)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from core.errors import Conflict, NotFound
 from core.storage import get_storage
 from service.deps import SessionDep, SettingsDep, TenantDep
-from service.uploads import read_files
+from service.uploads import read_files, save_archive
 from workers import models as mdl
 from workers.dispatch import enqueue
 from workers.inference import decode_files, per_file
@@ -91,6 +92,42 @@ async def predict(
         probs = await request.app.state.batcher.submit(model_id, batch.pixels, predictor.predict_proba)
         rows = top_k_rows(predictor.labels, probs, top_k)
     return {"model_id": model_id, "predictions": per_file(batch, rows)}
+
+
+@router.post("/{model_id}/predictions", status_code=202)
+def batch_predict(
+    model_id: str,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    archive: Annotated[UploadFile, File(description="a zip of images, any folders")],
+    top_k: Annotated[int, Form(ge=1, le=100)] = 3,
+) -> dict[str, Any]:
+    """A batch-prediction job for large sets; results at ``GET .../predictions/{job_id}?format=csv|json``."""
+    from workers.batch_predict import plan_batch
+
+    job, key = plan_batch(session, tenant_id, model_id, top_k)
+    save_archive(archive, key)
+    session.commit()
+    enqueue(job.id, job.kind, job.queue)
+    return {"job_id": job.id, "status": job.status}
+
+
+@router.get("/{model_id}/predictions/{job_id}")
+def batch_results(
+    model_id: str, job_id: str, session: SessionDep, tenant_id: TenantDep, format: Literal["csv", "json"] = "json"
+) -> Response:
+    from core.jobs import get_job
+    from workers.batch_predict import results_key
+
+    model = mdl.get_model(session, tenant_id, model_id)
+    job = get_job(session, tenant_id, job_id)
+    if job.kind != "predict_batch" or job.resource_id != model_id:
+        raise NotFound(f"no batch prediction {job_id!r} for model {model_id!r}")
+    if job.status != "succeeded":
+        raise Conflict(f"batch prediction {job_id!r} is {job.status}; fetch its results once it has succeeded")
+    data = get_storage().get_bytes(results_key(model.storage_prefix, job_id, format))
+    media = "text/csv" if format == "csv" else "application/json"
+    return Response(data, media_type=media)
 
 
 class CompareRequest(BaseModel):

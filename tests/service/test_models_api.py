@@ -177,3 +177,29 @@ def test_delete_model_then_predict_is_404(env) -> None:
     name, _, data = _test_images(1)[0]
     gone = client.post(f"/v1/models/{resp.json()['id']}/predict", headers=auth(key), files=[("files", (name, data))])
     assert gone.status_code == 404
+
+
+def test_batch_prediction_job_gives_csv_and_json(env, probe) -> None:
+    client, key, _ = env
+    from tests.helpers import zip_bytes
+
+    images = _test_images(5)
+    archive = zip_bytes({**{f"any/folder/{n}": d for n, _, d in images}, "bad.png": b"nope", "../evil.png": b"x"})
+    resp = client.post(
+        f"/v1/models/{probe['id']}/predictions",
+        headers=auth(key),
+        files={"archive": ("imgs.zip", archive, "application/zip")},
+        data={"top_k": "2"},
+    )
+    assert resp.status_code == 202, resp.text
+    job = wait_for_job(client, resp.json()["job_id"], key)
+    assert job["status"] == "succeeded", job
+    assert job["metrics"] == {"predicted": 5, "errors": 2}
+    url = f"/v1/models/{probe['id']}/predictions/{resp.json()['job_id']}"
+    rows = client.get(url, headers=auth(key)).json()["predictions"]
+    good = [r for r in rows if "label" in r]
+    assert len(good) == 5 and all(r["label"] in probe["labels"] and len(r["top_k"]) == 2 for r in good)
+    assert {r["file"] for r in rows if "error" in r} == {"bad.png", "../evil.png"}
+    text = client.get(url, headers=auth(key), params={"format": "csv"}).text
+    assert text.splitlines()[0] == "file,label,score,top_k,error" and len(text.splitlines()) == 8
+    assert client.get(url.replace(probe["id"], "mdl_nope"), headers=auth(key)).status_code == 404

@@ -73,20 +73,24 @@ class ArchiveContents:
     (so a 4 GiB upload never sits in memory at once); files refused while reading are appended to
     ``rejected``, which is complete once ``members`` is exhausted."""
 
-    layout: Literal["folders", "labels_csv"]
+    layout: Literal["folders", "labels_csv", "unlabelled"]
     expected: int  # members planned; progress total for the caller
     members: Iterator[Member]
     rejected: list[Rejection] = field(default_factory=list)
 
 
-def read_archive(fileobj: IO[bytes], limits: ArchiveLimits) -> ArchiveContents:
+def read_archive(fileobj: IO[bytes], limits: ArchiveLimits, *, unlabelled: bool = False) -> ArchiveContents:
     """Screen, lay out and (lazily) read a zip upload. ``fileobj`` must be seekable (zip's index is at its
     end). Raises ``InvalidInput`` when the upload as a whole is unusable: not a zip, corrupt, too many
-    files, or an unreadable ``labels.csv``."""
+    files, or an unreadable ``labels.csv``. ``unlabelled``: every file is wanted, whatever its folder, with
+    an empty label (images to predict)."""
     zf = _open(fileobj, limits)
     screened = _screen(zf.infolist(), limits)
     budget = _Budget(limits.max_total_bytes)
-    layout = _layout(zf, screened, budget, limits)
+    if unlabelled:
+        layout = Layout("unlabelled", labels=dict.fromkeys(screened.entries, ""))
+    else:
+        layout = _layout(zf, screened, budget, limits)
     plan = [(path, info, layout.labels[path]) for path, info in screened.entries.items() if path in layout.labels]
     rejected = screened.rejected + layout.rejected
     return ArchiveContents(layout.kind, len(plan), _read_members(zf, plan, budget, limits, rejected), rejected)

@@ -20,7 +20,7 @@ LABELS_CSV = "labels.csv"
 
 @dataclass
 class Layout:
-    kind: Literal["folders", "labels_csv"]
+    kind: Literal["folders", "labels_csv", "unlabelled"]
     labels: dict[PurePosixPath, str] = field(default_factory=dict)  # file in the archive -> its label
     rejected: list[Rejection] = field(default_factory=list)
 
