@@ -52,9 +52,7 @@ def plan_compare(
 
 
 def compare_job(ctx: JobContext) -> dict[str, Any]:
-    from classifiers.metrics import evaluate
-    from classifiers.search import fit_head
-    from workers.models import head_config
+    from workers.models import fit_and_score, head_config
 
     p = ctx.params
     cfg = head_config(p["head"], p["seed"])
@@ -70,18 +68,13 @@ def compare_job(ctx: JobContext) -> dict[str, Any]:
         with session_scope() as s:
             data = feats.labelled_features(s, fs)
         extract_stats = dict(fs.stats)
-        X_tr, y_tr = feats.split_arrays(data, "train")
-        X_va, y_va = feats.split_arrays(data, "val")
-        X_te, y_te = feats.split_arrays(data, "test")
-        result = fit_head(X_tr, y_tr, cfg, X_val=X_va if len(y_va) else None, y_val=y_va if len(y_va) else None)
-        labels = sorted(set(data["labels"].tolist()))
-        scores = evaluate(result.pipeline, X_te, y_te, labels) if len(y_te) else {}
+        result, scores = fit_and_score(data, cfg)
         board.append(
             {
                 "backbone": name,
                 "test_accuracy": scores.get("accuracy"),
                 "macro_f1": scores.get("macro_f1"),
-                "train_accuracy": float((result.pipeline.predict(X_tr) == y_tr).mean()),
+                "train_accuracy": scores["train_accuracy"],
                 "feature_dim": int(data["features"].shape[1]),
                 "extraction_seconds": round(extract_s if forwarded else extract_stats.get("seconds", 0.0), 3),
                 "extraction_images_per_s": extract_stats.get("images_per_s"),

@@ -135,7 +135,8 @@ def plan_extraction(
     dv = ds.ready_version(session, tenant_id, dataset_id, version)
     spec, digest = resolve_backbone(backbone, allow_random_weights, tenant_id)
     hashes = list(session.scalars(select(Image.sha256).where(Image.version_id == dv.id)))
-    key = cache_key(hashes, spec, digest, engine_tag(queue))
+    engine = engine_tag(queue)
+    key = cache_key(hashes, spec, digest, engine)
     found = session.scalar(select(FeatureSet).where(FeatureSet.tenant_id == tenant_id, FeatureSet.cache_key == key))
     if found is not None and found.status in ("ready", "queued", "running"):
         return Planned(found, None, cached=found.status == "ready")
@@ -147,7 +148,7 @@ def plan_extraction(
             version_id=dv.id,
             backbone=spec.name,
             weights_digest=digest,
-            engine=engine_tag(queue),
+            engine=engine,
             storage_prefix=features_prefix(tenant_id, key),
             feature_dim=spec.feature_dim,
             num_images=len(hashes),

@@ -181,9 +181,7 @@ def library_versions() -> dict[str, str]:
 
 
 def fit_job(ctx: JobContext) -> dict[str, Any]:
-    from classifiers.metrics import evaluate
     from classifiers.persistence import export_head, save_head
-    from classifiers.search import fit_head
 
     with session_scope() as s:
         model = get_model(s, ctx.tenant_id, ctx.params["model_id"])
@@ -202,17 +200,10 @@ def fit_job(ctx: JobContext) -> dict[str, Any]:
         )
         with session_scope() as s:
             data = feats.labelled_features(s, fs, model.version_id)
-        X_tr, y_tr = feats.split_arrays(data, "train")
-        X_va, y_va = feats.split_arrays(data, "val")
-        X_te, y_te = feats.split_arrays(data, "test")
-        if len(np.unique(y_tr)) < 2:
-            raise InvalidInput("the training split has fewer than two classes: add images or change the split")
         ctx.check_cancelled(force=True)
         ctx.progress("fit", 0, 1, force=True)
         cfg = head_config(model.params.get("head"), int(model.params.get("seed", 0)))
-        result = fit_head(X_tr, y_tr, cfg, X_val=X_va if len(y_va) else None, y_val=y_va if len(y_va) else None)
-        labels = sorted({*y_tr.tolist(), *y_va.tolist(), *y_te.tolist()})
-        metrics = _metrics(evaluate, result.pipeline, labels, (X_tr, y_tr), (X_va, y_va), (X_te, y_te))
+        result, metrics = fit_and_score(data, cfg)
         arrays, meta = export_head(result.pipeline)
         storage = get_storage()
         save_head(arrays, meta, lambda name, data: storage.put_bytes(f"{model.storage_prefix}/{name}", data))
@@ -246,20 +237,30 @@ def fit_job(ctx: JobContext) -> dict[str, Any]:
         raise
 
 
-def _metrics(evaluate: Any, pipeline: Any, labels: list[str], *splits: tuple[np.ndarray, np.ndarray]) -> dict:
-    """Test-split metrics at the top level, with train (and val) accuracy beside them, so training error
-    and generalisation error are read side by side."""
-    (X_tr, y_tr), (X_va, y_va), (X_te, y_te) = splits
+def fit_and_score(data: dict[str, np.ndarray], cfg: Any) -> tuple[Any, dict[str, Any]]:
+    """Fit a head on the train split (val joins the C search) and report it: test-split metrics at the top
+    level, with train (and val) accuracy beside them, so training error and generalisation error are read
+    side by side. Shared by the linear-probe and the comparison jobs."""
+    from classifiers.metrics import evaluate
+    from classifiers.search import fit_head
+
+    X_tr, y_tr = feats.split_arrays(data, "train")
+    X_va, y_va = feats.split_arrays(data, "val")
+    X_te, y_te = feats.split_arrays(data, "test")
+    if len(np.unique(y_tr)) < 2:
+        raise InvalidInput("the training split has fewer than two classes: add images or change the split")
+    result = fit_head(X_tr, y_tr, cfg, X_val=X_va if len(y_va) else None, y_val=y_va if len(y_va) else None)
+    pipeline = result.pipeline
     out: dict[str, Any] = {}
     if len(y_te):
-        out.update(evaluate(pipeline, X_te, y_te, labels))
+        out.update(evaluate(pipeline, X_te, y_te, sorted(set(data["labels"].tolist()))))
     out["train_accuracy"] = float(np.mean(pipeline.predict(X_tr) == y_tr))
     if len(y_va):
         out["val_accuracy"] = float(np.mean(pipeline.predict(X_va) == y_va))
     out["split_sizes"] = {"train": int(len(y_tr)), "val": int(len(y_va)), "test": int(len(y_te))}
     if not len(y_te):
         out["note"] = "the dataset has no test split: only training accuracy is reported"
-    return out
+    return result, out
 
 
 def _mark_model(model_id: str, status: str) -> None:
