@@ -37,7 +37,7 @@ def train_probe() -> tuple[str, str]:
 
     from core import jobs
     from core.db import session_scope
-    from core.models import FeatureSet
+    from core.tables import FeatureSet
     from workers.models import fit_job, plan_model
 
     fs_id = ingest(300)

@@ -27,7 +27,7 @@ def make_dataset(source: str, per_class: int) -> tuple[str, str]:
 def run_model(tenant_id: str, dataset_id: str, **request) -> dict:
     from core import jobs
     from core.db import session_scope
-    from core.models import Model
+    from core.tables import Model
     from workers.finetune import finetune_job
     from workers.models import fit_job, plan_model
 
@@ -65,8 +65,8 @@ def baselines(tenant_id: str, dataset_id: str) -> dict:
 
     from core import datasets as ds
     from core.db import session_scope
-    from core.models import FeatureSet
     from core.storage import get_storage
+    from core.tables import FeatureSet
     from workers.features import labelled_features
 
     with session_scope() as s:

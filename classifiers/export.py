@@ -17,7 +17,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from classifiers.predict import FORMAT, FORMAT_VERSION, LinearHead
+from classifiers.linear_head import FORMAT, FORMAT_VERSION, LinearHead
 
 Arrays = dict[str, np.ndarray]
 

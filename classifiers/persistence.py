@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from classifiers.predict import ARRAY_KEYS, HeadFormatError, LinearHead, validate_meta
+from classifiers.linear_head import ARRAY_KEYS, HeadFormatError, LinearHead, validate_meta
 
 ARRAYS_NAME = "head.npz"
 META_NAME = "head.json"

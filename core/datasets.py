@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from core.db import get_owned
 from core.errors import Conflict, InvalidInput, NotFound
-from core.models import Dataset, DatasetVersion, Image
+from core.tables import Dataset, DatasetVersion, Image
 
 
 def dataset_prefix(tenant_id: str, dataset_id: str) -> str:
@@ -79,7 +79,7 @@ def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
 def delete_dataset(session: Session, tenant_id: str, dataset_id: str) -> list[str]:
     """Delete a dataset, its versions and images, and the features derived from it; cancel its running
     jobs. Returns the storage prefixes to remove once the transaction has committed."""
-    from core.models import FeatureSet, Job
+    from core.tables import FeatureSet, Job
 
     dataset = get_dataset(session, tenant_id, dataset_id)
     prefixes = [dataset_prefix(tenant_id, dataset_id)]

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from core.db import get_owned, session_scope
 from core.errors import JobCancelled
-from core.models import Job, utcnow
+from core.tables import Job, utcnow
 
 log = logging.getLogger(__name__)
 

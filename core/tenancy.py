@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.errors import InvalidInput, Unauthorized
-from core.models import ApiKey, Tenant
+from core.tables import ApiKey, Tenant
 
 KEY_PREFIX = "tls"
 

@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session
 
 from core.errors import Conflict, NotFound
 from core.jobs import JobContext, create_job
-from core.models import Job
 from core.settings import get_settings
 from core.storage import get_storage
+from core.tables import Job
 from workers.ingest.archive import ArchiveLimits, read_archive
 
 BATCH = 64

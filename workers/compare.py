@@ -12,7 +12,7 @@ from core import datasets as ds
 from core.db import session_scope
 from core.errors import InvalidInput
 from core.jobs import JobContext, create_job
-from core.models import Job
+from core.tables import Job
 from workers import features as feats
 
 MAX_BACKBONES = 12

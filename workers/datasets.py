@@ -21,12 +21,12 @@ from core import datasets as ds
 from core.db import session_scope
 from core.errors import InvalidInput, JobCancelled, NotFound, TLServeError
 from core.jobs import JobContext
-from core.models import DatasetVersion, Image
 from core.settings import get_settings
 from core.storage import get_storage
+from core.tables import DatasetVersion, Image
 from workers.ingest.archive import ArchiveLimits, Member, Rejection, read_archive
 from workers.ingest.images import ImageLimits, ImageRejected, canonical_copy, decode_image
-from workers.ingest.split import stratified_split
+from workers.ingest.stratify import stratified_split
 
 log = logging.getLogger(__name__)
 

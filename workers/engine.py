@@ -35,7 +35,7 @@ from workers.backbones import BackboneSpec, WeightsInfo, get_backbone, weights_i
 from workers.backbones.weights import RANDOM
 
 if TYPE_CHECKING:
-    from workers.backbones.model import BackboneModel
+    from workers.backbones.network import BackboneModel
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from core import datasets as ds
 from core.db import get_owned, session_scope
 from core.errors import InvalidInput, NotFound
 from core.jobs import JobContext, create_job
-from core.models import FeatureSet, Image, Job
 from core.settings import get_settings
 from core.storage import get_storage
+from core.tables import FeatureSet, Image, Job
 from workers.backbones import BackboneSpec, get_backbone, weights_info
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def resolve_backbone(name: str, allow_random_weights: bool, tenant_id: str | Non
 
 
 def _finetuned_backbone(model_id: str, tenant_id: str | None) -> tuple[BackboneSpec, str]:
-    from core.models import Model
+    from core.tables import Model
 
     with session_scope() as s:
         model = s.get(Model, model_id)

@@ -22,8 +22,8 @@ from core import datasets as ds
 from core.db import session_scope
 from core.errors import InvalidInput, JobCancelled, NotFound
 from core.jobs import JobContext
-from core.models import Job, Model
 from core.storage import get_storage
+from core.tables import Job, Model
 from workers.backbones import BackboneSpec, WeightsInfo, get_backbone
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def _pixels(rows: list[Any], spec: BackboneSpec) -> np.ndarray:
 
 def _probabilities(model: Any, spec: BackboneSpec, rows: list[Any]) -> np.ndarray:
     from workers.engine import softmax
-    from workers.training.predict import predict_logits
+    from workers.training.logits import predict_logits
 
     if not rows:
         return np.zeros((0, 0), np.float32)
@@ -265,7 +265,7 @@ def _store(model: Model, spec: BackboneSpec, result: Any, classes: list[str]) ->
 def _export_checked(net: Any, spec: BackboneSpec) -> bytes | None:
     from workers.backbones.graph import export_onnx
     from workers.engine import OnnxEngine, reference_batch
-    from workers.training.predict import predict_logits
+    from workers.training.logits import predict_logits
 
     sample = reference_batch(spec)
     try:
@@ -302,7 +302,7 @@ class FinetunedEngine:
             import torch
 
             from workers.backbones import load_model
-            from workers.training.heads import new_head
+            from workers.training.new_head import new_head
 
             net = load_model(self.spec, pretrained=False)
             new_head(net, len(self.labels), dropout=meta["dropout"], init=meta["init"])
@@ -326,7 +326,7 @@ class FinetunedEngine:
 
         if self._onnx is not None:
             return softmax(self._onnx.logits(pixels))
-        from workers.training.predict import predict_logits
+        from workers.training.logits import predict_logits
 
         return softmax(predict_logits(self._torch, pixels, self.spec.preprocessing).numpy())
 

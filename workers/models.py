@@ -18,8 +18,8 @@ from core import datasets as ds
 from core.db import get_owned, session_scope
 from core.errors import InvalidInput, NotFound
 from core.jobs import JobContext, create_job
-from core.models import Job, Model
 from core.storage import get_storage
+from core.tables import Job, Model
 from workers import features as feats
 
 log = logging.getLogger(__name__)

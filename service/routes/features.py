@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from core.models import FeatureSet
+from core.tables import FeatureSet
 from service.deps import SessionDep, TenantDep
 from workers import features as feats
 from workers.dispatch import enqueue

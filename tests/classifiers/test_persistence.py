@@ -15,8 +15,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.svm import LinearSVC
 
 from classifiers.heads import HEAD_TYPES, HeadConfig, build_pipeline
+from classifiers.linear_head import HeadFormatError, LinearHead
 from classifiers.persistence import ARRAYS_NAME, META_NAME, export_head, load_head, save_head
-from classifiers.predict import HeadFormatError, LinearHead
 
 
 def _round_trip(pipeline) -> LinearHead:

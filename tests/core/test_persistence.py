@@ -8,7 +8,7 @@ from sqlalchemy import select
 from core import jobs
 from core.db import get_engine, session_scope
 from core.errors import JobCancelled, NotFound, Unauthorized
-from core.models import ApiKey, Base, Job
+from core.tables import ApiKey, Base, Job
 from core.tenancy import authenticate, create_api_key, get_or_create_tenant
 
 

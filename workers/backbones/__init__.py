@@ -10,7 +10,7 @@ from workers.backbones.weights import WeightsInfo, weights_available, weights_in
 
 if TYPE_CHECKING:
     from workers.backbones.load import load_model
-    from workers.backbones.model import BackboneModel
+    from workers.backbones.network import BackboneModel
 
 __all__ = [
     "BackboneModel",
@@ -35,7 +35,7 @@ def __getattr__(name: str) -> Any:
 
         return load_model
     if name == "BackboneModel":
-        from workers.backbones.model import BackboneModel
+        from workers.backbones.network import BackboneModel
 
         return BackboneModel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Builders: each makes one wrapped network (:class:`~workers.backbones.model.BackboneModel`) with random
+"""Builders: each makes one wrapped network (:class:`~workers.backbones.network.BackboneModel`) with random
 weights and never touches the network. torch, timm and torchvision are imported inside the functions so
 that importing the registry stays cheap: the API lists backbones without loading torch.
 
@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
-    from workers.backbones.model import Layout
+    from workers.backbones.network import Layout
 
 
 def _wrap(net: nn.Module, layout: Layout, num_features: int, drop_rate: float = 0.0) -> nn.Module:
-    from workers.backbones.model import BackboneModel
+    from workers.backbones.network import BackboneModel
 
     return BackboneModel(net, layout, num_features, drop_rate)
 
@@ -47,7 +47,7 @@ def tf_efficientnet_lite(variant: int, drop_rate: float) -> nn.Module:
     """timm's ``tf_efficientnet_lite{variant}`` (TF "same" padding, which the packaged checkpoints need)."""
     import timm
 
-    from workers.backbones.model import Layout
+    from workers.backbones.network import Layout
 
     net = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     layout = Layout(
@@ -63,7 +63,7 @@ def tf_efficientnet_lite(variant: int, drop_rate: float) -> nn.Module:
 def resnet(name: str) -> nn.Module:
     from torchvision import models
 
-    from workers.backbones.model import Layout
+    from workers.backbones.network import Layout
 
     net = getattr(models, name)(weights=None)
     layers = ("layer1", "layer2", "layer3", "layer4")
@@ -82,7 +82,7 @@ def vgg_like(name: str) -> nn.Module:
     from torch import nn
     from torchvision import models
 
-    from workers.backbones.model import Layout
+    from workers.backbones.network import Layout
 
     net = getattr(models, name)(weights=None)
     hidden = list(net.classifier)[:-1]
@@ -105,7 +105,7 @@ def googlenet() -> nn.Module:
     """GoogLeNet without the auxiliary heads; ``transform_input`` as torchvision sets it for its weights."""
     from torchvision import models
 
-    from workers.backbones.model import Layout
+    from workers.backbones.network import Layout
 
     net = models.googlenet(weights=None, aux_logits=False, transform_input=True, init_weights=True)
     inceptions = {
@@ -139,7 +139,7 @@ def mobilenet_v3(name: str) -> nn.Module:
     """Features are the hidden FC after hardswish (1024 small / 1280 large), as timm's ``pre_logits``."""
     from torchvision import models
 
-    from workers.backbones.model import Layout
+    from workers.backbones.network import Layout
 
     net = getattr(models, name)(weights=None)
     layout = Layout(
@@ -155,7 +155,7 @@ def mobilenet_v3(name: str) -> nn.Module:
 def efficientnet_tv(name: str) -> nn.Module:
     from torchvision import models
 
-    from workers.backbones.model import Layout
+    from workers.backbones.network import Layout
 
     net = getattr(models, name)(weights=None)
     layout = Layout(
@@ -173,7 +173,7 @@ def squeezenet(name: str) -> nn.Module:
     features are the globally averaged last fire module (512-d)."""
     from torchvision import models
 
-    from workers.backbones.model import Layout
+    from workers.backbones.network import Layout
 
     net = getattr(models, name)(weights=None)
     layout = Layout(
@@ -189,7 +189,7 @@ def squeezenet(name: str) -> nn.Module:
 
 def lenet5() -> nn.Module:
     from workers.backbones.lenet import LeNet5
-    from workers.backbones.model import Layout
+    from workers.backbones.network import Layout
 
     net = LeNet5(num_classes=10)
     layout = Layout(

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.backbones.model import BackboneModel
+from workers.backbones.network import BackboneModel
 from workers.backbones.spec import Preprocessing
 
 ONNX_OPSET = 17

@@ -8,7 +8,7 @@ from core.errors import WeightsError
 from workers.backbones.weights import read_state_dict, weights_info
 
 if TYPE_CHECKING:
-    from workers.backbones.model import BackboneModel
+    from workers.backbones.network import BackboneModel
     from workers.backbones.spec import BackboneSpec
 
 RANDOM_SEED = 0  # random initialisation is seeded, so digest "random" names one definite set of weights

@@ -17,7 +17,7 @@ from workers.ingest.images import (
 )
 from workers.ingest.labels import clean_label, labels_for_files
 from workers.ingest.records import Member, Rejection
-from workers.ingest.split import stratified_split
+from workers.ingest.stratify import stratified_split
 
 __all__ = [
     "ArchiveContents",

@@ -22,7 +22,7 @@ from core.settings import Settings
 from workers.ingest import sniff
 from workers.ingest.labels import labels_for_files
 from workers.ingest.layout import Layout, csv_layout, find_labels_csv, folder_layout
-from workers.ingest.paths import UnsafePath, is_junk, safe_path
+from workers.ingest.names import UnsafePath, is_junk, safe_path
 from workers.ingest.records import Member, Rejection
 
 __all__ = ["ArchiveContents", "ArchiveLimits", "Member", "Rejection", "labels_for_files", "read_archive"]

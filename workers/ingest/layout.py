@@ -12,7 +12,7 @@ from typing import Literal
 
 from core.errors import InvalidInput
 from workers.ingest.labels import LabelError, clean_label
-from workers.ingest.paths import UnsafePath, safe_path
+from workers.ingest.names import UnsafePath, safe_path
 from workers.ingest.records import Rejection
 
 LABELS_CSV = "labels.csv"

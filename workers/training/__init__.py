@@ -6,8 +6,8 @@ Imports torch: import it only in worker processes (the API process lists backbon
 from workers.training.callbacks import Callbacks, TrainingCancelled
 from workers.training.config import FinetuneConfig, Unfreeze
 from workers.training.data import Samples
+from workers.training.logits import predict_logits
 from workers.training.loop import FinetuneResult, finetune
-from workers.training.predict import predict_logits
 
 __all__ = [
     "Callbacks",

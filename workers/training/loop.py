@@ -16,18 +16,18 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import InvalidInput
-from workers.backbones.model import BackboneModel
+from workers.backbones.network import BackboneModel
 from workers.backbones.spec import BackboneSpec
 from workers.training import rng
 from workers.training.augment import rgb_pca
 from workers.training.callbacks import Callbacks
 from workers.training.config import FinetuneConfig
 from workers.training.data import Samples, class_names, decode
+from workers.training.datapaths import AugmentedPath, CachedPath, DataPath, ImageData
 from workers.training.device import Precision, deterministic, pick_device
 from workers.training.freeze import FreezeSchedule
-from workers.training.heads import apply_max_norm, new_head
+from workers.training.new_head import apply_max_norm, new_head
 from workers.training.optim import build_optimizer, lr_factor, set_epoch_lr
-from workers.training.paths import AugmentedPath, CachedPath, DataPath, ImageData
 
 CHECKPOINT_FORMAT = 1
 

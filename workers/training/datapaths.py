@@ -18,13 +18,13 @@ from typing import Protocol
 
 import torch
 
-from workers.backbones.model import BackboneModel
+from workers.backbones.network import BackboneModel
 from workers.backbones.spec import Preprocessing
 from workers.training.augment import batch_transform, image_ops
 from workers.training.callbacks import Callbacks
+from workers.training.cut import Split
 from workers.training.data import Batch, ImageBatches, image_loader, tensor_batches
 from workers.training.device import Precision
-from workers.training.split import Split
 
 CACHE_ON_DEVICE_BYTES = 2 * 2**30  # cached activations up to this size live on the GPU, bigger ones in pinned RAM
 

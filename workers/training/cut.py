@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.backbones.model import BackboneModel, resolve
+from workers.backbones.network import BackboneModel, resolve
 
 POOL = "<global pool>"
 

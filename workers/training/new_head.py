@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workers.backbones.model import BackboneModel
+from workers.backbones.network import BackboneModel
 
 
 def new_head(model: BackboneModel, num_classes: int, *, dropout: float, init: str) -> nn.Module:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from workers.backbones import get_backbone, load_model
-from workers.training.split import Split
+from workers.training.cut import Split
 
 
 @pytest.mark.parametrize(

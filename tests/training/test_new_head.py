@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from workers.backbones import get_backbone, load_model
-from workers.training.heads import apply_max_norm, new_head
+from workers.training.new_head import apply_max_norm, new_head
 
 
 @pytest.mark.parametrize("init", ["he", "xavier"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from workers.backbones.model import BackboneModel
+from workers.backbones.network import BackboneModel
 from workers.backbones.spec import Preprocessing
 from workers.training.augment import batch_transform
 from workers.training.device import Precision
