@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: install sample-data demo test test-fast serve lint bench clean
+.PHONY: install sample-data test-deps demo test test-fast serve lint bench clean
 
 install: $(VENV)/.installed
 
@@ -21,10 +21,20 @@ sample-data:
 	    (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) || \
 	    echo "dataset-fashion-mnist not installed; the demo will use scikit-learn's digits"; }
 
+# System packages the tests use: docker-compose (the compose file is validated) and Fashion-MNIST.
+test-deps:
+	@missing=""; command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	  test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || missing="$$missing dataset-fashion-mnist"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" != 0 ]; then echo "install as root: apt-get install$$missing"; exit 1; fi; \
+	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
+	  fi
+
 demo: install sample-data
 	$(BIN)/python scripts/demo.py --port $(PORT)
 
-test: install sample-data
+test: install test-deps
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 test-fast: install

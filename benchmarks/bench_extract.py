@@ -1,7 +1,7 @@
 """Feature extraction speed and memory, side by side in one run, on real images (Fashion-MNIST from
 Debian's package, else scikit-learn's digits) with efficientnet_lite0:
 
-* the extraction job (``workers.features.extract_features``: canonical copies decoded on a thread while
+* the extraction job (``workers.jobs.extract.extract_features``: canonical copies decoded on a thread while
   ONNX Runtime runs the previous batch, chunks written to storage);
 * (a) the bare engine forward on pre-decoded uint8 batches, same threads;
 * (b) the naive script a user would write: torchvision ``ImageFolder`` + ``DataLoader`` + eager torch;
@@ -29,17 +29,18 @@ BACKBONE = "efficientnet_lite0"
 def ingest(n: int) -> str:
     """A ready dataset version of ``n`` real images; returns its feature-set id (planned, not extracted)."""
     from core.db import session_scope
+    from core.features import plan_extraction
     from core.sample_data import default_source
-    from workers.features import plan_extraction
+    from workers.plan import extractor
 
     params = {"val_fraction": 0.0, "test_fraction": 0.0, "seed": 0}
     tenant_id, dataset_id, _ = ingest_sample(default_source(), n // 10, params)
     with session_scope() as s:
-        return plan_extraction(s, tenant_id, dataset_id, BACKBONE).feature_set.id
+        return plan_extraction(s, tenant_id, dataset_id, extractor(BACKBONE, False, tenant_id)).feature_set.id
 
 
 def job_rate(fs_id: str) -> float:
-    from workers.features import extract_features
+    from workers.jobs.extract import extract_features
 
     return extract_features(None, fs_id)["images_per_s"]
 
@@ -49,7 +50,7 @@ def bare_rate(n: int) -> float:
     import numpy as np
 
     from core.settings import get_settings
-    from workers.engine import get_engine
+    from workers.runtime.engines import get_engine
 
     engine = get_engine(BACKBONE)
     size = engine.spec.preprocessing.input_size

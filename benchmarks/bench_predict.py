@@ -37,25 +37,35 @@ def train_probe() -> tuple[str, str]:
 
     from core import jobs
     from core.db import session_scope
+    from core.models import create_model
     from core.tables import FeatureSet
-    from workers.models import fit_job, plan_model
+    from workers.jobs.fit import fit_job
+    from workers.plan import training_params
 
     fs_id = ingest(300)
     with session_scope() as s:
         fs = s.get(FeatureSet, fs_id)
         tenant_id, dataset_id = fs.tenant_id, fs.dataset_id
-        model, job = plan_model(
+        spec, digest, params = training_params(
+            "linear_probe",
+            "efficientnet_lite0",
+            head={"C": 1.0},
+            finetune={},
+            seed=0,
+            allow_random_weights=False,
+            tenant_id=tenant_id,
+        )
+        model, job = create_model(
             s,
             tenant_id,
             dataset_id=dataset_id,
-            backbone="efficientnet_lite0",
-            strategy="linear_probe",
-            head={"C": 1.0},
-            finetune=None,
             version=None,
-            allow_random_weights=False,
+            backbone="efficientnet_lite0",
+            architecture=spec.name,
+            weights_digest=digest,
+            strategy="linear_probe",
+            params=params,
             queue="cpu",
-            seed=0,
         )
         model_id, job_id = model.id, job.id
     fit_job(jobs.begin_attempt(job_id))
@@ -72,8 +82,8 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def bare(tenant_id: str, model_id: str, images: list[tuple[str, bytes]], n: int) -> dict[str, float]:
-    from workers.inference import decode_files
-    from workers.predict import PREDICTORS
+    from workers.runtime.inference import decode_files
+    from workers.runtime.serving import PREDICTORS
 
     predictor = PREDICTORS.get(tenant_id, model_id)
     out, deadline = [], time.monotonic() + TIME_LIMIT_S

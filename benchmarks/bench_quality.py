@@ -27,20 +27,33 @@ def make_dataset(source: str, per_class: int) -> tuple[str, str]:
 def run_model(tenant_id: str, dataset_id: str, **request) -> dict:
     from core import jobs
     from core.db import session_scope
+    from core.models import create_model
     from core.tables import Model
-    from workers.finetune import finetune_job
-    from workers.models import fit_job, plan_model
+    from workers.jobs.finetune import finetune_job
+    from workers.jobs.fit import fit_job
+    from workers.plan import training_params
 
     with session_scope() as s:
-        model, job = plan_model(
+        spec, digest, params = training_params(
+            request["strategy"],
+            request["backbone"],
+            head=request.get("head") or {},
+            finetune=request.get("finetune") or {},
+            seed=0,
+            allow_random_weights=False,
+            tenant_id=tenant_id,
+        )
+        model, job = create_model(
             s,
             tenant_id,
             dataset_id=dataset_id,
             version=None,
-            allow_random_weights=False,
+            backbone=request["backbone"],
+            architecture=spec.name,
+            weights_digest=digest,
+            strategy=request["strategy"],
+            params=params,
             queue="cpu",
-            seed=0,
-            **request,
         )
         model_id, job_id = model.id, job.id
     start = time.perf_counter()
@@ -65,13 +78,13 @@ def baselines(tenant_id: str, dataset_id: str) -> dict:
 
     from core import datasets as ds
     from core.db import session_scope
+    from core.features import labelled_features
     from core.storage import get_storage
     from core.tables import FeatureSet
-    from workers.features import labelled_features
 
     with session_scope() as s:
         fs = s.query(FeatureSet).filter_by(dataset_id=dataset_id, backbone="efficientnet_lite0").one()
-        data = labelled_features(s, fs)
+        data = labelled_features(s, fs, fs.version_id)
         rows = {r.sha256: r for r in ds.version_images(s, fs.version_id)}
     fit = data["splits"] != "test"
     plain = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))

@@ -56,12 +56,13 @@ def ingest_sample(source: str, per_class: int, params: dict[str, Any], name: str
     import time
 
     from core import jobs
-    from core.datasets import create_dataset, upload_key
+    from core.datasets import create_dataset
     from core.db import session_scope
+    from core.keys import upload_key
     from core.sample_data import class_folder_zip
     from core.storage import get_storage
     from core.tenancy import get_or_create_tenant
-    from workers.datasets import ingest_job
+    from workers.jobs.ingest import ingest_job
 
     archive = class_folder_zip(source, per_class=per_class)
     with session_scope() as s:

@@ -26,6 +26,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
+from classifiers.scores import softmax
+
 HeadType = Literal["logistic", "linear_svm", "ridge", "sgd"]
 HEAD_TYPES: tuple[str, ...] = ("logistic", "linear_svm", "ridge", "sgd")
 SearchScheme = Literal["auto", "cv", "holdout"]
@@ -88,18 +90,11 @@ class SoftmaxRidgeClassifier(RidgeClassifier):
         scores = self.decision_function(X)
         if scores.ndim == 1:
             scores = np.stack([-scores, scores], axis=1)
-        return _softmax(scores)
+        return softmax(scores)
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log of ``predict_proba``."""
         return np.log(self.predict_proba(X))
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    z = scores - scores.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
 
 
 def regularization_params(head_type: str, C: float, n_samples: int | None = None) -> dict[str, float]:

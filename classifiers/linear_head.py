@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from classifiers.scores import softmax, top_k
+
 FORMAT = "tlserve.linear_head"
 FORMAT_VERSION = 1
 LINKS = ("softmax", "ovr_sigmoid")
@@ -86,15 +88,11 @@ class LinearHead:
 
     def top_k(self, X: Any, k: int = 5) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable ``(label, probability)`` pairs per sample, best first."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        proba = self.predict_proba(X)
-        order = np.argsort(-proba, axis=1, kind="stable")[:, : min(k, len(self.classes_))]
-        return [[(str(self.classes_[j]), float(row[j])) for j in idx] for row, idx in zip(proba, order, strict=True)]
+        return top_k(self.predict_proba(X), self.classes_, k)
 
     def _proba(self, scores: np.ndarray) -> np.ndarray:
         if self.meta["link"] == "softmax":
-            return _softmax(scores)
+            return softmax(scores)
         return _ovr_sigmoid(scores, self.arrays["calib_a"], self.arrays["calib_b"])
 
 
@@ -105,14 +103,6 @@ def _as_float(X: Any, n_features: int) -> np.ndarray:
     if X.ndim != 2 or X.shape[1] != n_features:
         raise ValueError(f"expected features of shape (n, {n_features}), got {X.shape}")
     return X
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    """``sklearn.utils.extmath.softmax``."""
-    scores = scores - scores.max(axis=1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=1, keepdims=True)
-    return scores
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

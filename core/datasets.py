@@ -9,23 +9,9 @@ from sqlalchemy.orm import Session
 
 from core.db import get_owned
 from core.errors import Conflict, InvalidInput, NotFound
-from core.tables import Dataset, DatasetVersion, Image
-
-
-def dataset_prefix(tenant_id: str, dataset_id: str) -> str:
-    return f"tenants/{tenant_id}/datasets/{dataset_id}"
-
-
-def blob_key(tenant_id: str, dataset_id: str, sha256: str) -> str:
-    return f"{dataset_prefix(tenant_id, dataset_id)}/blobs/{sha256[:2]}/{sha256}"
-
-
-def canonical_key(tenant_id: str, dataset_id: str, sha256: str) -> str:
-    return f"{dataset_prefix(tenant_id, dataset_id)}/canonical/{sha256[:2]}/{sha256}.png"
-
-
-def upload_key(tenant_id: str, job_id: str, name: str = "archive.zip") -> str:
-    return f"tenants/{tenant_id}/uploads/{job_id}/{name}"
+from core.keys import dataset_prefix
+from core.status import ACTIVE_JOB, VersionStatus
+from core.tables import Dataset, DatasetVersion, FeatureSet, Image, Job
 
 
 def check_split_params(val_fraction: float, test_fraction: float) -> None:
@@ -51,7 +37,7 @@ def create_dataset(
     dataset = Dataset(tenant_id=tenant_id, name=check_name(name))
     session.add(dataset)
     session.flush()
-    version = DatasetVersion(dataset_id=dataset.id, version=1, status="processing", params=params)
+    version = DatasetVersion(dataset_id=dataset.id, version=1, status=VersionStatus.PROCESSING, params=params)
     session.add(version)
     session.flush()
     return dataset, version
@@ -60,13 +46,13 @@ def create_dataset(
 def new_version(session: Session, dataset: Dataset) -> DatasetVersion:
     """The next version, built on the latest ready one. Only one version is processed at a time."""
     latest = latest_version(session, dataset.id)
-    if latest is not None and latest.status == "processing":
+    if latest is not None and latest.status == VersionStatus.PROCESSING:
         raise Conflict(f"version {latest.version} of dataset {dataset.id} is still processing; retry when it is ready")
     parent = latest_ready_version(session, dataset.id)
     params = dict(parent.params) if parent else {}
     params["parent_version_id"] = parent.id if parent else None
     number = (latest.version if latest else 0) + 1
-    version = DatasetVersion(dataset_id=dataset.id, version=number, status="processing", params=params)
+    version = DatasetVersion(dataset_id=dataset.id, version=number, status=VersionStatus.PROCESSING, params=params)
     session.add(version)
     session.flush()
     return version
@@ -79,14 +65,12 @@ def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
 def delete_dataset(session: Session, tenant_id: str, dataset_id: str) -> list[str]:
     """Delete a dataset, its versions and images, and the features derived from it; cancel its running
     jobs. Returns the storage prefixes to remove once the transaction has committed."""
-    from core.tables import FeatureSet, Job
-
     dataset = get_dataset(session, tenant_id, dataset_id)
     prefixes = [dataset_prefix(tenant_id, dataset_id)]
     for fs in session.scalars(select(FeatureSet).where(FeatureSet.dataset_id == dataset_id)):
         prefixes.append(fs.storage_prefix)
         session.delete(fs)
-    running = select(Job).where(Job.resource_id == dataset_id, Job.status.in_(("queued", "running")))
+    running = select(Job).where(Job.resource_id == dataset_id, Job.status.in_(ACTIVE_JOB))
     for job in session.scalars(running):
         job.cancel_requested = True
     session.delete(dataset)
@@ -105,7 +89,7 @@ def latest_version(session: Session, dataset_id: str) -> DatasetVersion | None:
 def latest_ready_version(session: Session, dataset_id: str) -> DatasetVersion | None:
     stmt = (
         select(DatasetVersion)
-        .where(DatasetVersion.dataset_id == dataset_id, DatasetVersion.status == "ready")
+        .where(DatasetVersion.dataset_id == dataset_id, DatasetVersion.status == VersionStatus.READY)
         .order_by(DatasetVersion.version.desc())
     )
     return session.scalars(stmt.limit(1)).first()
@@ -127,7 +111,7 @@ def ready_version(session: Session, tenant_id: str, dataset_id: str, number: int
     """The version to train on: the one asked for, or the latest ready one; refuses one still processing."""
     dataset = get_dataset(session, tenant_id, dataset_id)
     version = get_version(session, dataset, number) if number is not None else latest_ready_version(session, dataset.id)
-    if version is None or version.status != "ready":
+    if version is None or version.status != VersionStatus.READY:
         raise Conflict(f"dataset {dataset_id!r} has no ready version yet; wait for its ingestion job to finish")
     return version
 
@@ -141,24 +125,3 @@ def version_images(session: Session, version_id: str, split: str | None = None) 
 
 def count_images(session: Session, version_id: str) -> int:
     return session.scalar(select(func.count()).select_from(Image).where(Image.version_id == version_id)) or 0
-
-
-def dataset_to_dict(session: Session, dataset: Dataset, version: DatasetVersion | None = None) -> dict[str, Any]:
-    version = version or latest_version(session, dataset.id)
-    body: dict[str, Any] = {"id": dataset.id, "name": dataset.name, "created_at": dataset.created_at.isoformat()}
-    if version is None:
-        return body | {"version": 0, "status": "empty", "num_images": 0, "classes": {}, "splits": {}, "rejected": []}
-    return body | {
-        "version": version.version,
-        "version_id": version.id,
-        "status": version.status,
-        "job_id": version.job_id,
-        "num_images": version.num_images,
-        "classes": version.classes,
-        "splits": version.splits,
-        "rejected": version.rejected,
-        "duplicates": version.duplicates,
-        "params": {k: v for k, v in version.params.items() if k in ("val_fraction", "test_fraction", "seed")},
-        "error": version.params.get("error"),
-        "versions": [{"version": v.version, "status": v.status, "num_images": v.num_images} for v in dataset.versions],
-    }

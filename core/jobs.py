@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from core.db import get_owned, session_scope
 from core.errors import JobCancelled
-from core.tables import Job, utcnow
+from core.status import TERMINAL_JOB as TERMINAL
+from core.status import JobStatus, ResourceStatus, VersionStatus
+from core.tables import DatasetVersion, FeatureSet, Job, Model, utcnow
 
 log = logging.getLogger(__name__)
-
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
 def create_job(
@@ -66,35 +66,35 @@ def request_cancel(session: Session, tenant_id: str, job_id: str) -> Job:
     if job.status in TERMINAL:
         return job
     job.cancel_requested = True
-    if job.status == "queued":
-        _finish(job, "cancelled")
+    if job.status == JobStatus.QUEUED:
+        _finish(job, JobStatus.CANCELLED)
     return job
 
 
-def job_to_dict(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "status": job.status,
-        "queue": job.queue,
-        "resource": {"type": job.resource_type, "id": job.resource_id} if job.resource_id else None,
-        "progress": job.progress,
-        "metrics": job.metrics,
-        "error": job.error,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "cancel_requested": job.cancel_requested,
-        "created_at": job.created_at.isoformat() if job.created_at else None,
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-    }
-
-
-def _finish(job: Job, status: str, error: dict[str, Any] | None = None) -> None:
+def _finish(job: Job, status: JobStatus, error: dict[str, Any] | None = None) -> None:
+    """The one place a job reaches a final state; what it was working on is settled with it."""
     job.status = status
     job.finished_at = utcnow()
     if error is not None:
         job.error = error
+    session = object_session(job)
+    if session is not None and status != JobStatus.SUCCEEDED:
+        settle_resources(session, job.id, status, (error or {}).get("message"))
+
+
+def settle_resources(session: Session, job_id: str, status: JobStatus, message: str | None = None) -> None:
+    """Mark every dataset version, feature set and model that ``job_id`` was building and did not finish as
+    failed or cancelled, so that nothing waits forever on a job that has ended."""
+    outcome = "cancelled" if status == JobStatus.CANCELLED else "failed"
+    for version in session.scalars(
+        select(DatasetVersion).where(DatasetVersion.job_id == job_id, DatasetVersion.status == VersionStatus.PROCESSING)
+    ):
+        version.status = outcome
+        version.params = {**version.params, "error": message or f"ingestion {outcome}"}
+    building = (ResourceStatus.QUEUED, ResourceStatus.RUNNING)
+    for table in (FeatureSet, Model):
+        for row in session.scalars(select(table).where(table.job_id == job_id, table.status.in_(building))):
+            row.status = outcome
 
 
 def _lock(session: Session, job_id: str) -> Job | None:
@@ -160,12 +160,12 @@ def begin_attempt(job_id: str) -> JobContext | None:
             log.info("job %s is already %s; nothing to do", job_id, job.status)
             return None
         if job.cancel_requested:
-            _finish(job, "cancelled")
+            _finish(job, JobStatus.CANCELLED)
             return None
         if job.attempts >= job.max_attempts:
             _finish(
                 job,
-                "failed",
+                JobStatus.FAILED,
                 {
                     "code": "too_many_attempts",
                     "message": f"gave up after {job.attempts} attempts (the worker died each time)",
@@ -173,7 +173,7 @@ def begin_attempt(job_id: str) -> JobContext | None:
             )
             return None
         job.attempts += 1
-        job.status = "running"
+        job.status = JobStatus.RUNNING
         job.started_at = job.started_at or utcnow()
         job.error = None
         return JobContext(
@@ -189,7 +189,7 @@ def complete(job_id: str, metrics: dict[str, Any] | None = None) -> None:
         if metrics:
             job.metrics = {**job.metrics, **metrics}
         job.progress = {**job.progress, "stage": "done"}
-        _finish(job, "succeeded")
+        _finish(job, JobStatus.SUCCEEDED)
 
 
 def fail(job_id: str, code: str, message: str) -> None:
@@ -197,7 +197,7 @@ def fail(job_id: str, code: str, message: str) -> None:
         job = _lock(s, job_id)
         if job is None or job.status in TERMINAL:
             return
-        _finish(job, "failed", {"code": code, "message": message})
+        _finish(job, JobStatus.FAILED, {"code": code, "message": message})
 
 
 def cancelled(job_id: str) -> None:
@@ -205,4 +205,4 @@ def cancelled(job_id: str) -> None:
         job = _lock(s, job_id)
         if job is None or job.status in TERMINAL:
             return
-        _finish(job, "cancelled")
+        _finish(job, JobStatus.CANCELLED)

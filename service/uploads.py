@@ -8,6 +8,7 @@ import json
 from fastapi import UploadFile
 
 from core.errors import InvalidInput, UnsupportedMediaType
+from core.keys import upload_prefix
 from core.settings import Settings
 from core.storage import get_storage
 from workers.ingest.archive import labels_for_files
@@ -38,7 +39,7 @@ def save_files(files: list[UploadFile], labels: list[str], tenant_id: str, job_i
     names = [f.filename or f"file{i}" for i, f in enumerate(files)]
     per_file = labels_for_files(names, labels)
     storage = get_storage()
-    prefix = f"tenants/{tenant_id}/uploads/{job_id}"
+    prefix = upload_prefix(tenant_id, job_id)
     entries = []
     for i, (upload, name, label) in enumerate(zip(files, names, per_file, strict=True)):
         key = f"{prefix}/{i:05d}"
@@ -53,7 +54,7 @@ async def read_files(
     files: list[UploadFile], settings: Settings, max_files: int | None = None
 ) -> list[tuple[str, bytes]]:
     """(name, bytes) of a few uploaded images for synchronous inference, within the per-request limits."""
-    from workers.inference import check_files
+    from workers.runtime.inference import check_files
 
     limit = max_files or settings.max_sync_files
     check_files([(f.filename or "", b"") for f in files], limit)

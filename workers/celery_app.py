@@ -48,6 +48,6 @@ def _init_worker_process(**_: object) -> None:
     from core.db import dispose_engines
 
     dispose_engines()
-    from workers.runtime import configure_threads
+    from workers.runtime.threads import configure_threads
 
     configure_threads()

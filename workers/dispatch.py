@@ -7,7 +7,10 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
+from sqlalchemy.orm import Session
+
 from core.settings import get_settings
+from core.tables import Job
 
 log = logging.getLogger(__name__)
 
@@ -45,3 +48,10 @@ def _run_local(fn, job_id: str) -> None:  # type: ignore[no-untyped-def]
         fn.run(job_id)
     except Exception:  # run_job records failures on the job; this is the last net for the thread
         log.exception("in-process job %s crashed", job_id)
+
+
+def submit(session: Session, *jobs: Job) -> None:
+    """Commit the request's rows, then enqueue its jobs: a job is only ever sent once its row exists."""
+    session.commit()
+    for job in jobs:
+        enqueue(job.id, job.kind, job.queue)

@@ -3,46 +3,46 @@
 from __future__ import annotations
 
 from workers.celery_app import app
-from workers.jobrunner import run_job
+from workers.runner import run_job
 
 
 @app.task(name="tlserve.ingest")
 def ingest(job_id: str) -> None:
-    from workers.datasets import ingest_job
+    from workers.jobs.ingest import ingest_job
 
     run_job(job_id, ingest_job)
 
 
 @app.task(name="tlserve.extract")
 def extract(job_id: str) -> None:
-    from workers.features import extract_job
+    from workers.jobs.extract import extract_job
 
     run_job(job_id, extract_job)
 
 
 @app.task(name="tlserve.fit")
 def fit(job_id: str) -> None:
-    from workers.models import fit_job
+    from workers.jobs.fit import fit_job
 
     run_job(job_id, fit_job)
 
 
 @app.task(name="tlserve.compare")
 def compare(job_id: str) -> None:
-    from workers.compare import compare_job
+    from workers.jobs.compare import compare_job
 
     run_job(job_id, compare_job)
 
 
 @app.task(name="tlserve.finetune")
 def finetune(job_id: str) -> None:
-    from workers.finetune import finetune_job
+    from workers.jobs.finetune import finetune_job
 
     run_job(job_id, finetune_job)
 
 
 @app.task(name="tlserve.predict_batch")
 def predict_batch(job_id: str) -> None:
-    from workers.batch_predict import batch_predict_job
+    from workers.jobs.batch_predict import batch_predict_job
 
     run_job(job_id, batch_predict_job)

@@ -2,51 +2,61 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from core import models as mdl
+from core.features import MODEL_PREFIX
 from service.deps import SessionDep, SettingsDep, TenantDep
+from service.schemas import BackboneCard, ClassifyOut, EmbedOut
 from service.uploads import read_files
-from workers import inference
 from workers.backbones import describe_backbone, get_backbone, list_backbones
+from workers.runtime import inference
 
 router = APIRouter(tags=["backbones"])
 
 
-@router.get("/v1/backbones")
-def backbones(tenant_id: TenantDep, session: SessionDep) -> list[dict[str, Any]]:
+@router.get("/v1/backbones", response_model=list[BackboneCard], response_model_exclude_none=True)
+def backbones(tenant_id: TenantDep, session: SessionDep) -> list[BackboneCard]:
     """The registry, then the caller's fine-tuned models, usable as backbones under ``model:<id>``."""
-    from workers.models import finetuned_backbones
+    cards = [BackboneCard(**describe_backbone(spec)) for spec in list_backbones()]
+    for model in mdl.finetuned_models(session, tenant_id):
+        spec = get_backbone(model.backbone)
+        card = describe_backbone(spec) | {"name": f"{MODEL_PREFIX}{model.id}", "weights": "fine-tuned"}
+        cards.append(
+            BackboneCard(
+                **card | {"pretrained": True, "family": "fine-tuned", "base": spec.name, "dataset_id": model.dataset_id}
+            )
+        )
+    return cards
 
-    return [describe_backbone(spec) for spec in list_backbones()] + finetuned_backbones(session, tenant_id)
+
+@router.get("/v1/backbones/{name}", response_model=BackboneCard, response_model_exclude_none=True)
+def backbone(name: str, _: TenantDep) -> BackboneCard:
+    return BackboneCard(**describe_backbone(get_backbone(name)))
 
 
-@router.get("/v1/backbones/{name}")
-def backbone(name: str, _: TenantDep) -> dict[str, Any]:
-    return describe_backbone(get_backbone(name))
-
-
-@router.post("/v1/backbones/{name}/classify")
+@router.post("/v1/backbones/{name}/classify", response_model=ClassifyOut, response_model_exclude_none=True)
 async def classify(
     name: str,
     _: TenantDep,
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File()],
     top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
-) -> dict[str, Any]:
+) -> ClassifyOut:
     payload = await read_files(files, settings)
     return await run_in_threadpool(inference.classify_imagenet, name, payload, top_k)
 
 
-@router.post("/v1/embed")
+@router.post("/v1/embed", response_model=EmbedOut, response_model_exclude_none=True)
 async def embed(
     tenant_id: TenantDep,
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File()],
     backbone: Annotated[str, Form()] = "efficientnet_lite0",
     allow_random_weights: Annotated[bool, Form()] = False,
-) -> dict[str, Any]:
+) -> EmbedOut:
     payload = await read_files(files, settings)
     return await run_in_threadpool(inference.embed, tenant_id, backbone, payload, allow_random_weights)

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile, status
 
 from core import datasets as ds
 from core.jobs import create_job
+from core.keys import upload_key
+from core.status import JobKind, ResourceType
 from core.storage import get_storage
 from service.deps import SessionDep, SettingsDep, TenantDep
+from service.schemas import DatasetCreated, DatasetOut
 from service.uploads import save_archive, save_files
-from workers.dispatch import enqueue
+from workers.dispatch import submit
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=DatasetCreated)
 def create_dataset(
     session: SessionDep,
     tenant_id: TenantDep,
@@ -25,20 +28,21 @@ def create_dataset(
     val_fraction: Annotated[float, Form()] = 0.1,
     test_fraction: Annotated[float, Form()] = 0.2,
     seed: Annotated[int, Form()] = 0,
-) -> dict[str, Any]:
+) -> DatasetCreated:
     ds.check_split_params(val_fraction, test_fraction)
     params = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
     dataset, version = ds.create_dataset(session, tenant_id, name, params)
-    job = create_job(session, tenant_id=tenant_id, kind="ingest", resource_type="dataset", resource_id=dataset.id)
-    key = save_archive(archive, ds.upload_key(tenant_id, job.id))
+    job = create_job(
+        session, tenant_id=tenant_id, kind=JobKind.INGEST, resource_type=ResourceType.DATASET, resource_id=dataset.id
+    )
+    key = save_archive(archive, upload_key(tenant_id, job.id))
     job.params = {"mode": "archive", "upload_key": key, "dataset_id": dataset.id, "version_id": version.id, **params}
     version.job_id = job.id
-    session.commit()
-    enqueue(job.id, "ingest", job.queue)
-    return {"id": dataset.id, "job_id": job.id, "status": version.status, "version": version.version}
+    submit(session, job)
+    return DatasetCreated(id=dataset.id, job_id=job.id, status=version.status, version=version.version)
 
 
-@router.post("/{dataset_id}/images", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/{dataset_id}/images", status_code=status.HTTP_202_ACCEPTED, response_model=DatasetCreated)
 def add_images(
     dataset_id: str,
     session: SessionDep,
@@ -46,10 +50,12 @@ def add_images(
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File(description="image files")],
     labels: Annotated[list[str], Form(description="one label per file, or one label for all")],
-) -> dict[str, Any]:
+) -> DatasetCreated:
     dataset = ds.get_dataset(session, tenant_id, dataset_id)
     version = ds.new_version(session, dataset)
-    job = create_job(session, tenant_id=tenant_id, kind="ingest", resource_type="dataset", resource_id=dataset.id)
+    job = create_job(
+        session, tenant_id=tenant_id, kind=JobKind.INGEST, resource_type=ResourceType.DATASET, resource_id=dataset.id
+    )
     manifest_key = save_files(files, labels, tenant_id, job.id, settings)
     job.params = {
         "mode": "files",
@@ -59,22 +65,22 @@ def add_images(
         **{k: version.params.get(k) for k in ("val_fraction", "test_fraction", "seed", "parent_version_id")},
     }
     version.job_id = job.id
-    session.commit()
-    enqueue(job.id, "ingest", job.queue)
-    return {"id": dataset.id, "job_id": job.id, "status": version.status, "version": version.version}
+    submit(session, job)
+    return DatasetCreated(id=dataset.id, job_id=job.id, status=version.status, version=version.version)
 
 
-@router.get("")
-def list_datasets(session: SessionDep, tenant_id: TenantDep) -> list[dict[str, Any]]:
-    return [ds.dataset_to_dict(session, d) for d in ds.list_datasets(session, tenant_id)]
+@router.get("", response_model=list[DatasetOut])
+def list_datasets(session: SessionDep, tenant_id: TenantDep) -> list[DatasetOut]:
+    return [DatasetOut.from_row(d, ds.latest_version(session, d.id)) for d in ds.list_datasets(session, tenant_id)]
 
 
-@router.get("/{dataset_id}")
+@router.get("/{dataset_id}", response_model=DatasetOut)
 def get_dataset(
     dataset_id: str, session: SessionDep, tenant_id: TenantDep, version: Annotated[int | None, Query(ge=1)] = None
-) -> dict[str, Any]:
+) -> DatasetOut:
     dataset = ds.get_dataset(session, tenant_id, dataset_id)
-    return ds.dataset_to_dict(session, dataset, ds.get_version(session, dataset, version) if version else None)
+    row = ds.get_version(session, dataset, version) if version else ds.latest_version(session, dataset.id)
+    return DatasetOut.from_row(dataset, row)
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -14,31 +14,36 @@ from starlette.concurrency import run_in_threadpool
 from core import jobs
 from core.db import session_scope
 from service.deps import SessionDep, SettingsDep, TenantDep
+from service.schemas import JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.get("")
-def list_jobs(session: SessionDep, tenant_id: TenantDep) -> list[dict[str, Any]]:
-    return [jobs.job_to_dict(j) for j in jobs.list_jobs(session, tenant_id)]
+@router.get("", response_model=list[JobOut])
+def list_jobs(session: SessionDep, tenant_id: TenantDep) -> list[JobOut]:
+    return [JobOut.from_row(j) for j in jobs.list_jobs(session, tenant_id)]
 
 
-@router.get("/{job_id}")
-def get_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> dict[str, Any]:
-    return jobs.job_to_dict(jobs.get_job(session, tenant_id, job_id))
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> JobOut:
+    return JobOut.from_row(jobs.get_job(session, tenant_id, job_id))
 
 
-@router.post("/{job_id}/cancel", status_code=202)
-def cancel_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> dict[str, Any]:
-    return jobs.job_to_dict(jobs.request_cancel(session, tenant_id, job_id))
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
+def cancel_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> JobOut:
+    return JobOut.from_row(jobs.request_cancel(session, tenant_id, job_id))
 
 
 def _snapshot(tenant_id: str, job_id: str) -> dict[str, Any]:
     with session_scope() as s:
-        return jobs.job_to_dict(jobs.get_job(s, tenant_id, job_id))
+        return JobOut.from_row(jobs.get_job(s, tenant_id, job_id)).model_dump(mode="json")
 
 
-@router.get("/{job_id}/events")
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "`job` events, each a JobOut"}},
+)
 async def job_events(job_id: str, tenant_id: TenantDep, settings: SettingsDep) -> StreamingResponse:
     """One ``job`` event whenever the job changes, the last one when it reaches a final status."""
     first = await run_in_threadpool(_snapshot, tenant_id, job_id)  # 404 before the stream starts

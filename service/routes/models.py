@@ -1,66 +1,60 @@
-"""/v1/models: train (linear probe or fine-tune) as a job, inspect, delete, and predict."""
+"""/v1/models: train (linear probe or fine-tune) as a job, inspect, delete, and predict; /v1/compare."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from core.errors import Conflict, NotFound
+from core import models as mdl
 from core.storage import get_storage
 from service.deps import SessionDep, SettingsDep, TenantDep
+from service.schemas import CompareRequest, Created, JobRef, ModelOut, ModelRequest, PredictOut
 from service.uploads import read_files, save_archive
-from workers import models as mdl
-from workers.dispatch import enqueue
-from workers.inference import decode_files, per_file
-from workers.predict import PREDICTORS, top_k_rows
+from workers import plan
+from workers.dispatch import submit
+from workers.runtime.inference import decode_files, per_file
+from workers.runtime.serving import PREDICTORS, top_k_rows
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-class ModelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    dataset_id: str
-    backbone: str = "efficientnet_lite0"
-    strategy: Literal["linear_probe", "finetune"] = "linear_probe"
-    head: dict[str, Any] = Field(default_factory=dict)
-    finetune: dict[str, Any] = Field(default_factory=dict)
-    version: int | None = Field(default=None, ge=1)
-    allow_random_weights: bool = False
-    queue: Literal["cpu", "gpu"] = "cpu"
-    seed: int = 0
-
-
-@router.post("", status_code=202)
-def create_model(body: ModelRequest, session: SessionDep, tenant_id: TenantDep) -> dict[str, Any]:
-    model, job = mdl.plan_model(
+@router.post("", status_code=202, response_model=Created)
+def create_model(body: ModelRequest, session: SessionDep, tenant_id: TenantDep) -> Created:
+    spec, digest, params = plan.training_params(
+        body.strategy,
+        body.backbone,
+        head=body.head.fields(),
+        finetune=body.finetune.fields(),
+        seed=body.seed,
+        allow_random_weights=body.allow_random_weights,
+        tenant_id=tenant_id,
+    )
+    model, job = mdl.create_model(
         session,
         tenant_id,
         dataset_id=body.dataset_id,
-        backbone=body.backbone,
-        strategy=body.strategy,
-        head=body.head,
-        finetune=body.finetune,
         version=body.version,
-        allow_random_weights=body.allow_random_weights,
+        backbone=body.backbone,
+        architecture=spec.name,
+        weights_digest=digest,
+        strategy=body.strategy,
+        params=params,
         queue=body.queue,
-        seed=body.seed,
     )
-    session.commit()
-    enqueue(job.id, job.kind, job.queue)
-    return {"id": model.id, "job_id": job.id, "status": model.status}
+    submit(session, job)
+    return Created(id=model.id, job_id=job.id, status=model.status)
 
 
-@router.get("")
-def list_models(session: SessionDep, tenant_id: TenantDep) -> list[dict[str, Any]]:
-    return [mdl.model_to_dict(m) for m in mdl.list_models(session, tenant_id)]
+@router.get("", response_model=list[ModelOut])
+def list_models(session: SessionDep, tenant_id: TenantDep) -> list[ModelOut]:
+    return [ModelOut.from_row(m) for m in mdl.list_models(session, tenant_id)]
 
 
-@router.get("/{model_id}")
-def get_model(model_id: str, session: SessionDep, tenant_id: TenantDep) -> dict[str, Any]:
-    return mdl.model_to_dict(mdl.get_model(session, tenant_id, model_id))
+@router.get("/{model_id}", response_model=ModelOut)
+def get_model(model_id: str, session: SessionDep, tenant_id: TenantDep) -> ModelOut:
+    return ModelOut.from_row(mdl.get_model(session, tenant_id, model_id))
 
 
 @router.delete("/{model_id}", status_code=204)
@@ -76,7 +70,7 @@ def _prepare(tenant_id: str, model_id: str, payload: list[tuple[str, bytes]]) ->
     return predictor, decode_files(payload, predictor.spec)
 
 
-@router.post("/{model_id}/predict")
+@router.post("/{model_id}/predict", response_model=PredictOut, response_model_exclude_none=True)
 async def predict(
     model_id: str,
     request: Request,
@@ -94,70 +88,45 @@ async def predict(
     return {"model_id": model_id, "predictions": per_file(batch, rows)}
 
 
-@router.post("/{model_id}/predictions", status_code=202)
+@router.post("/{model_id}/predictions", status_code=202, response_model=JobRef)
 def batch_predict(
     model_id: str,
     session: SessionDep,
     tenant_id: TenantDep,
     archive: Annotated[UploadFile, File(description="a zip of images, any folders")],
     top_k: Annotated[int, Form(ge=1, le=100)] = 3,
-) -> dict[str, Any]:
+) -> JobRef:
     """A batch-prediction job for large sets; results at ``GET .../predictions/{job_id}?format=csv|json``."""
-    from workers.batch_predict import plan_batch
-
-    job, key = plan_batch(session, tenant_id, model_id, top_k)
+    job, key = mdl.create_batch_prediction(session, tenant_id, model_id, top_k)
     save_archive(archive, key)
-    session.commit()
-    enqueue(job.id, job.kind, job.queue)
-    return {"job_id": job.id, "status": job.status}
+    submit(session, job)
+    return JobRef(job_id=job.id, status=job.status)
 
 
-@router.get("/{model_id}/predictions/{job_id}")
+@router.get(
+    "/{model_id}/predictions/{job_id}",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}, "application/json": {}}}},
+)
 def batch_results(
     model_id: str, job_id: str, session: SessionDep, tenant_id: TenantDep, format: Literal["csv", "json"] = "json"
 ) -> Response:
-    from core.jobs import get_job
-    from workers.batch_predict import results_key
-
-    model = mdl.get_model(session, tenant_id, model_id)
-    job = get_job(session, tenant_id, job_id)
-    if job.kind != "predict_batch" or job.resource_id != model_id:
-        raise NotFound(f"no batch prediction {job_id!r} for model {model_id!r}")
-    if job.status != "succeeded":
-        raise Conflict(f"batch prediction {job_id!r} is {job.status}; fetch its results once it has succeeded")
-    data = get_storage().get_bytes(results_key(model.storage_prefix, job_id, format))
-    media = "text/csv" if format == "csv" else "application/json"
-    return Response(data, media_type=media)
-
-
-class CompareRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    dataset_id: str
-    backbones: list[str] = Field(min_length=1)
-    head: dict[str, Any] = Field(default_factory=dict)
-    version: int | None = Field(default=None, ge=1)
-    allow_random_weights: bool = False
-    seed: int = 0
+    data = get_storage().get_bytes(mdl.batch_results_key(session, tenant_id, model_id, job_id, format))
+    return Response(data, media_type="text/csv" if format == "csv" else "application/json")
 
 
 compare_router = APIRouter(prefix="/v1/compare", tags=["models"])
 
 
-@compare_router.post("", status_code=202)
-def compare(body: CompareRequest, session: SessionDep, tenant_id: TenantDep) -> dict[str, Any]:
+@compare_router.post("", status_code=202, response_model=JobRef)
+def compare(body: CompareRequest, session: SessionDep, tenant_id: TenantDep) -> JobRef:
     """A leaderboard of linear probes, one per backbone, in the job's ``metrics.leaderboard``."""
-    from workers.compare import plan_compare
-
-    job = plan_compare(
-        session,
-        tenant_id,
-        dataset_id=body.dataset_id,
-        backbones=body.backbones,
-        head=body.head,
-        version=body.version,
-        allow_random_weights=body.allow_random_weights,
-        seed=body.seed,
-    )
-    session.commit()
-    enqueue(job.id, "compare", job.queue)
-    return {"job_id": job.id, "status": job.status}
+    names = list(dict.fromkeys(body.backbones))
+    for name in names:
+        plan.resolve_backbone(name, body.allow_random_weights, tenant_id)
+    head = body.head.fields()
+    plan.head_config(head, body.seed)
+    params = {"backbones": names, "head": head, "allow_random_weights": body.allow_random_weights, "seed": body.seed}
+    job = mdl.create_comparison(session, tenant_id, dataset_id=body.dataset_id, version=body.version, params=params)
+    submit(session, job)
+    return JobRef(job_id=job.id, status=job.status)

@@ -203,3 +203,32 @@ def test_batch_prediction_job_gives_csv_and_json(env, probe) -> None:
     text = client.get(url, headers=auth(key), params={"format": "csv"}).text
     assert text.splitlines()[0] == "file,label,score,top_k,error" and len(text.splitlines()) == 8
     assert client.get(url.replace(probe["id"], "mdl_nope"), headers=auth(key)).status_code == 404
+
+
+def test_the_api_process_serves_a_prediction_without_torch(env, probe) -> None:
+    """Whether the API stays torch-free is a run-time fact: a fresh process imports the app and serves one
+    prediction of the probe (its backbone from the stored ONNX graph), and torch is never imported."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    client, key, _ = env
+    code = f"""
+import io, sys
+from fastapi.testclient import TestClient
+from core.sample_data import iter_labelled_pngs
+from service.app import create_app
+png = next(iter(iter_labelled_pngs("fashion", per_class=1, seed=3)))[2]
+with TestClient(create_app()) as client:
+    resp = client.post("/v1/models/{probe["id"]}/predict", headers={{"Authorization": "Bearer {key}"}},
+                       files=[("files", ("a.png", png, "image/png"))])
+assert resp.status_code == 200, resp.text
+assert resp.json()["predictions"][0]["label"], resp.text
+assert "torch" not in sys.modules, "torch was imported"
+"""
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith("TLSERVE_") or k in ("PATH", "HOME")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).parents[2], env=env_vars, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -7,7 +7,7 @@ from torchvision.transforms import v2
 
 from tests.training.factories import small_spec
 from workers.backbones import get_backbone
-from workers.preprocess import load_rgb
+from workers.runtime.preprocess import load_rgb
 from workers.training.augment import (
     PCALighting,
     batch_transform,

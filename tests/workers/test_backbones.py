@@ -227,8 +227,8 @@ def test_packaged_lite_weights_load_strict(variant: int) -> None:
 def _top(model: torch.nn.Module, spec: BackboneSpec, image: np.ndarray, k: int) -> list[str]:
     from PIL import Image
 
-    from workers.engine import imagenet_categories
-    from workers.preprocess import load_rgb
+    from workers.runtime.imagenet import imagenet_categories
+    from workers.runtime.preprocess import load_rgb
 
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=95)
@@ -314,3 +314,13 @@ def test_googlenet_file_with_aux_heads_loads(env: Path, monkeypatch: pytest.Monk
     staging.rename(env / spec.weights.filename)
     model = load_model(spec, pretrained=True)
     assert torch.equal(model.net.fc.weight, published.fc.weight)
+
+
+def test_imagenet_class_names_file_matches_torchvision_metadata() -> None:
+    """The shipped data file (read by the torch-free API) is exactly torchvision's weights metadata."""
+    from workers.runtime.imagenet import from_torchvision, imagenet_categories
+
+    imagenet_categories.cache_clear()
+    names = imagenet_categories()
+    assert len(names) == 1000
+    assert list(names) == from_torchvision()

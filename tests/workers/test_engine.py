@@ -16,10 +16,18 @@ import skimage.data
 from PIL import Image
 
 from core.errors import InvalidInput, ServiceUnavailable, WeightsError
-from workers import engine as engine_mod
 from workers.backbones import BackboneSpec, get_backbone, load_model, weights_info
-from workers.engine import OnnxEngine, TorchEngine, classify, clear_engine_cache, get_engine, onnx_key, select_device
-from workers.preprocess import load_rgb, stack_batch
+from workers.runtime import engines as engine_mod
+from workers.runtime.engines import (
+    OnnxEngine,
+    TorchEngine,
+    classify,
+    clear_engine_cache,
+    get_engine,
+    onnx_key,
+    select_device,
+)
+from workers.runtime.preprocess import load_rgb, stack_batch
 
 
 def _reset() -> None:
@@ -104,7 +112,7 @@ def test_exported_once_and_reused_without_torch(env: Path, monkeypatch: pytest.M
     monkeypatch.setattr("workers.backbones.graph.export_onnx", no_export)
     assert isinstance(get_engine("efficientnet_lite0"), OnnxEngine)
     code = (
-        "import sys, numpy as np; from workers.engine import get_engine, OnnxEngine;"
+        "import sys, numpy as np; from workers.runtime.engines import get_engine, OnnxEngine;"
         "e = get_engine('efficientnet_lite0'); assert isinstance(e, OnnxEngine);"
         "assert e.features(np.zeros((2, 224, 224, 3), np.uint8)).shape == (2, 1280);"
         "assert 'torch' not in sys.modules, 'torch imported'"
@@ -121,7 +129,7 @@ def test_failed_check_falls_back_to_torch(isolated: Path, monkeypatch: pytest.Mo
     from core.storage import get_storage
 
     monkeypatch.setattr(engine_mod, "ONNX_ATOL", -1.0)  # no export can pass
-    with caplog.at_level(logging.WARNING, logger="workers.engine"):
+    with caplog.at_level(logging.WARNING, logger="workers.runtime.engines"):
         engine = get_engine("lenet5")
     assert isinstance(engine, TorchEngine)
     assert "serving eager torch" in caplog.text

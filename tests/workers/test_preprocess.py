@@ -13,7 +13,7 @@ from PIL import Image
 
 from core.errors import InvalidInput
 from workers.backbones import get_backbone
-from workers.preprocess import crop_box, load_rgb, stack_batch
+from workers.runtime.preprocess import crop_box, load_rgb, stack_batch
 
 
 @pytest.fixture(autouse=True)

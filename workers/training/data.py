@@ -69,7 +69,7 @@ def _array_bytes(array: np.ndarray) -> bytes:
 
 def decode(samples: Samples, prep: Preprocessing, callbacks: Callbacks | None = None) -> torch.Tensor:
     """Every image resized, centre-cropped and stacked: uint8 N×C×S×S (S = input size)."""
-    from workers.preprocess import load_rgb
+    from workers.runtime.preprocess import load_rgb
 
     channels = 1 if prep.grayscale else 3
     out = torch.empty((len(samples), channels, prep.input_size, prep.input_size), dtype=torch.uint8)

@@ -12,27 +12,24 @@ is loaded at import time.
 
 from __future__ import annotations
 
-import ast
 import glob
 import importlib.util
 import logging
 import os
 import re
 import sys
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from classifiers import scores
 from core.errors import InvalidInput, ServiceUnavailable
 from core.settings import get_settings
 from workers.backbones import BackboneSpec, WeightsInfo, get_backbone, weights_info
 from workers.backbones.weights import RANDOM
+from workers.runtime.cache import LRUCache
 
 if TYPE_CHECKING:
     from workers.backbones.network import BackboneModel
@@ -197,10 +194,13 @@ def onnx_key(spec: BackboneSpec, weights: WeightsInfo) -> str:
     return f"engines/{spec.name}/{digest}/{prep}-x{ENGINE_VERSION}.onnx"
 
 
+# --- the export check (pretrained backbones and fine-tuned networks alike) ----------------------------------
+
+
 def reference_batch(spec: BackboneSpec) -> np.ndarray:
     """Real photos for the export check: scikit-learn's bundled china.jpg and flower.jpg and their mirror
     images (four, so the check also runs a batch size other than the traced one)."""
-    from workers.preprocess import load_rgb, stack_batch
+    from workers.runtime.preprocess import load_rgb, stack_batch
 
     found = importlib.util.find_spec("sklearn")
     folder = Path(next(iter(found.submodule_search_locations or []))) / "datasets" / "images" if found else None
@@ -214,7 +214,7 @@ def reference_batch(spec: BackboneSpec) -> np.ndarray:
     return stack_batch(arrays + [a[:, ::-1] for a in arrays])
 
 
-def _export_error(got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...]) -> float:
+def export_error(got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...]) -> float:
     """Max abs difference, divided by the reference's magnitude where that exceeds 1: fp32 rounding grows
     with the values (VGG logits reach tens), and a spurious failure would cost a 3-9× slower engine."""
     return max(
@@ -222,28 +222,38 @@ def _export_error(got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...]) -> 
     )
 
 
-def _export_checked(spec: BackboneSpec, weights: WeightsInfo, model: BackboneModel) -> Engine:
-    """Export, compare with torch on real photos, store the .onnx only when it passes; else eager torch."""
+def export_checked(model: BackboneModel, spec: BackboneSpec, weights: WeightsInfo) -> bytes | None:
+    """The ONNX graph of ``model`` (features and logits), or ``None`` when the export fails or differs
+    from eager torch by more than ``ONNX_ATOL`` on real photos (the caller then serves torch)."""
     from workers.backbones.graph import export_onnx
 
+    model = model.cpu().eval()
     sample = reference_batch(spec)
-    reference = TorchEngine(model, spec, weights, "cpu")
     try:
         data = export_onnx(model, spec.preprocessing, sample[:2])
-        engine = OnnxEngine(data, spec, weights)
-        diff = _export_error(engine.run(sample), reference.run(sample))
+        diff = export_error(
+            OnnxEngine(data, spec, weights).run(sample), TorchEngine(model, spec, weights, "cpu").run(sample)
+        )
     except Exception:
         log.warning("ONNX export of %s failed; serving it with eager torch", spec.name, exc_info=True)
-        return reference
+        return None
     if diff > ONNX_ATOL:
         msg = "ONNX export of %s differs from torch by %.2e (scaled) > %.0e; serving eager torch"
         log.warning(msg, spec.name, diff, ONNX_ATOL)
-        return reference
+        return None
+    log.info("exported %s to ONNX (scaled max abs diff vs torch %.2e)", spec.name, diff)
+    return data
+
+
+def _export_checked(spec: BackboneSpec, weights: WeightsInfo, model: BackboneModel) -> Engine:
+    """Export and check; store the .onnx only when it passes, else serve eager torch."""
+    data = export_checked(model, spec, weights)
+    if data is None:
+        return TorchEngine(model, spec, weights, "cpu")
     from core.storage import get_storage
 
     get_storage().put_bytes(onnx_key(spec, weights), data)  # atomic: other processes see all or nothing
-    log.info("exported %s to ONNX (scaled max abs diff vs torch %.2e)", spec.name, diff)
-    return engine
+    return OnnxEngine(data, spec, weights)
 
 
 def build_engine(spec: BackboneSpec, weights: WeightsInfo, device: str) -> Engine:
@@ -262,47 +272,7 @@ def build_engine(spec: BackboneSpec, weights: WeightsInfo, device: str) -> Engin
     return TorchEngine(load_model(spec, pretrained=weights.pretrained), spec, weights, device)
 
 
-class _LRU:
-    """A small thread-safe LRU whose size follows ``settings.model_cache_size``. A key being built blocks
-    only callers of that key, so one slow export does not stall cache hits for other backbones."""
-
-    def __init__(self) -> None:
-        self._items: OrderedDict[Hashable, Any] = OrderedDict()
-        self._building: dict[Hashable, threading.Lock] = {}
-        self._lock = threading.Lock()
-
-    def _hit(self, key: Hashable) -> Any:
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        return None
-
-    def get_or_create(self, key: Hashable, make: Callable[[], Any]) -> Any:
-        with self._lock:
-            if (found := self._hit(key)) is not None:
-                return found
-            key_lock = self._building.setdefault(key, threading.Lock())
-        with key_lock:
-            with self._lock:
-                if (found := self._hit(key)) is not None:
-                    return found
-            value = make()
-            with self._lock:
-                self._items[key] = value
-                self._building.pop(key, None)
-                while len(self._items) > max(1, get_settings().model_cache_size):
-                    self._items.popitem(last=False)
-            return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-_ENGINES = _LRU()
+_ENGINES = LRUCache()
 
 
 def get_engine(backbone_name: str, *, pretrained: bool | None = None) -> Engine:
@@ -323,36 +293,17 @@ def clear_engine_cache() -> None:
 # --- ImageNet top-k -----------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def imagenet_categories() -> tuple[str, ...]:
-    """torchvision's bundled ImageNet-1k class names, read from its source without importing torch."""
-    found = importlib.util.find_spec("torchvision")
-    if found is None or not found.submodule_search_locations:
-        raise ServiceUnavailable("torchvision is not installed: no ImageNet class names")
-    source = Path(next(iter(found.submodule_search_locations))) / "models" / "_meta.py"
-    for node in ast.parse(source.read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "_IMAGENET_CATEGORIES" for t in node.targets):
-            return tuple(ast.literal_eval(node.value))
-    raise ServiceUnavailable(f"no _IMAGENET_CATEGORIES in {source}")
-
-
 def class_names(spec: BackboneSpec, num_classes: int) -> tuple[str, ...]:
     if num_classes == 1000 and spec.num_classes == 1000 and "imagenet" in spec.tags:
+        from workers.runtime.imagenet import imagenet_categories
+
         return imagenet_categories()
     return tuple(str(i) for i in range(num_classes))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def classify(engine: Engine, batch: np.ndarray, top_k: int = 5) -> list[list[tuple[str, float]]]:
     """Top-k (class name, softmax probability) per image, from the backbone's own head."""
     if top_k < 1:
         raise InvalidInput("top_k must be at least 1")
-    probs = softmax(engine.logits(batch))
-    names = class_names(engine.spec, probs.shape[1])
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
-    return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, top, strict=True)]
+    probs = scores.softmax(engine.logits(batch))
+    return scores.top_k(probs, class_names(engine.spec, probs.shape[1]), top_k)

@@ -1,4 +1,7 @@
-"""The one place where job status changes around a task body: claim, run, succeed, fail, cancel."""
+"""The one place where job status changes around a task body: claim, run, succeed, fail, cancel.
+
+A body marks its resource ready when it has built it; every other ending (failure, cancellation, a crash,
+running out of attempts) goes through ``core.jobs``, which settles the resource the job was building."""
 
 from __future__ import annotations
 

@@ -19,9 +19,11 @@ from sqlalchemy import delete
 
 from core import datasets as ds
 from core.db import session_scope
-from core.errors import InvalidInput, JobCancelled, NotFound, TLServeError
+from core.errors import InvalidInput, NotFound, TLServeError
 from core.jobs import JobContext
+from core.keys import blob_key, canonical_key, upload_prefix
 from core.settings import get_settings
+from core.status import VersionStatus
 from core.storage import get_storage
 from core.tables import DatasetVersion, Image
 from workers.ingest.archive import ArchiveLimits, Member, Rejection, read_archive
@@ -84,10 +86,10 @@ def _store_images(
                 else:
                     duplicates.append({"file": member.name, "duplicate_of": other})
                 continue
-            key = ds.blob_key(tenant_id, dataset_id, sha)
+            key = blob_key(tenant_id, dataset_id, sha)
             if not storage.exists(key):
                 storage.put_bytes(key, member.data, durable=False)
-            ckey = ds.canonical_key(tenant_id, dataset_id, sha)
+            ckey = canonical_key(tenant_id, dataset_id, sha)
             if not storage.exists(ckey):
                 storage.put_bytes(ckey, canonical_copy(img.image, settings.canonical_short_side), durable=False)
             accepted[sha] = _Accepted(sha, member.name, member.label, img.width, img.height, img.size_bytes, img.format)
@@ -98,21 +100,7 @@ def _store_images(
 
 
 def ingest_job(ctx: JobContext) -> dict[str, Any]:
-    """Job body; any failure leaves the version marked failed (earlier versions are untouched)."""
-    try:
-        return _ingest(ctx)
-    except JobCancelled:
-        _mark_failed(ctx.params["version_id"], "ingestion was cancelled", status="cancelled")
-        raise
-    except TLServeError as exc:
-        _mark_failed(ctx.params["version_id"], exc.message)
-        raise
-    except Exception as exc:
-        _mark_failed(ctx.params["version_id"], f"internal error: {type(exc).__name__}")
-        raise
-
-
-def _ingest(ctx: JobContext) -> dict[str, Any]:
+    """Job body; any failure leaves the version failed or cancelled (earlier versions are untouched)."""
     params = ctx.params
     version_id, dataset_id = params["version_id"], params["dataset_id"]
     rejected: list[dict[str, str]] = []
@@ -129,7 +117,7 @@ def _ingest(ctx: JobContext) -> dict[str, Any]:
         message = "no usable images in the upload" + (
             f": {len(rejected)} rejected (see 'rejected')" if rejected else ""
         )
-        _mark_failed(version_id, message, rejected=rejected)
+        _record_rejections(version_id, rejected)
         raise InvalidInput(message)
 
     items = [(r.sha256, r.label) for r in parent_rows] + [(a.sha256, a.label) for a in accepted]
@@ -185,8 +173,8 @@ def _publish(
             height=a.height,
             size_bytes=a.size_bytes,
             format=a.format,
-            storage_key=ds.blob_key(tenant_id, dataset_id, a.sha256),
-            canonical_key=ds.canonical_key(tenant_id, dataset_id, a.sha256),
+            storage_key=blob_key(tenant_id, dataset_id, a.sha256),
+            canonical_key=canonical_key(tenant_id, dataset_id, a.sha256),
         )
         for a in accepted
     ]
@@ -198,7 +186,7 @@ def _publish(
         version = s.get(DatasetVersion, version_id)
         if version is None:
             raise NotFound("the dataset was deleted while its images were being ingested")
-        version.status = "ready"
+        version.status = VersionStatus.READY
         version.num_images = len(rows)
         version.classes = dict(sorted(classes.items()))
         version.splits = {k: split_counts.get(k, 0) for k in ("train", "val", "test")}
@@ -206,20 +194,15 @@ def _publish(
         version.duplicates = duplicates
 
 
-def _mark_failed(
-    version_id: str, message: str, rejected: list[dict[str, str]] | None = None, status: str = "failed"
-) -> None:
+def _record_rejections(version_id: str, rejected: list[dict[str, str]]) -> None:
     with session_scope() as s:
         version = s.get(DatasetVersion, version_id)
-        if version is not None and version.status == "processing":
-            version.status = status
-            version.params = {**version.params, "error": message}
-            if rejected is not None:
-                version.rejected = rejected
+        if version is not None:
+            version.rejected = rejected
 
 
 def _cleanup_upload(ctx: JobContext) -> None:
     try:
-        get_storage().delete_prefix(f"tenants/{ctx.tenant_id}/uploads/{ctx.job_id}")
+        get_storage().delete_prefix(upload_prefix(ctx.tenant_id, ctx.job_id))
     except TLServeError:  # pragma: no cover - a leftover upload is harmless
         log.warning("could not remove the upload of job %s", ctx.job_id)

@@ -21,7 +21,7 @@ class DecodedBatch:
 
 
 def decode_files(files: list[tuple[str, bytes]], spec: BackboneSpec) -> DecodedBatch:
-    from workers.preprocess import load_rgb, stack_batch
+    from workers.runtime.preprocess import load_rgb, stack_batch
 
     arrays, index, errors = [], [], {}
     for i, (_name, data) in enumerate(files):
@@ -58,7 +58,8 @@ def per_file(batch: DecodedBatch, rows: list[dict[str, Any]]) -> list[dict[str, 
 def embed(
     tenant_id: str, backbone: str, files: list[tuple[str, bytes]], allow_random_weights: bool = False
 ) -> dict[str, Any]:
-    from workers.features import feature_engine, resolve_backbone
+    from workers.plan import resolve_backbone
+    from workers.runtime.serving import feature_engine
 
     spec, digest = resolve_backbone(backbone, allow_random_weights, tenant_id)
     batch = decode_files(files, spec)
@@ -76,7 +77,7 @@ def embed(
 
 def classify_imagenet(backbone: str, files: list[tuple[str, bytes]], top_k: int) -> dict[str, Any]:
     from workers.backbones import get_backbone, weights_info
-    from workers.engine import classify, get_engine
+    from workers.runtime.engines import classify, get_engine
 
     spec = get_backbone(backbone)
     if "imagenet" not in spec.tags or not weights_info(spec).pretrained:

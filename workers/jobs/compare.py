@@ -6,54 +6,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from core import datasets as ds
+from core import features as fsets
 from core.db import session_scope
-from core.errors import InvalidInput
-from core.jobs import JobContext, create_job
-from core.tables import Job
-from workers import features as feats
-
-MAX_BACKBONES = 12
-
-
-def plan_compare(
-    session: Session,
-    tenant_id: str,
-    *,
-    dataset_id: str,
-    backbones: list[str],
-    head: dict[str, Any],
-    version: int | None,
-    allow_random_weights: bool,
-    seed: int,
-) -> Job:
-    from workers.models import head_config
-
-    names = list(dict.fromkeys(backbones))
-    if not 1 <= len(names) <= MAX_BACKBONES:
-        raise InvalidInput(f"give 1 to {MAX_BACKBONES} distinct backbones, got {len(names)}")
-    for name in names:
-        feats.resolve_backbone(name, allow_random_weights, tenant_id)
-    head_config(head, seed)
-    dv = ds.ready_version(session, tenant_id, dataset_id, version)
-    params = {
-        "dataset_id": dataset_id,
-        "version": dv.version,
-        "backbones": names,
-        "head": head,
-        "allow_random_weights": allow_random_weights,
-        "seed": seed,
-    }
-    return create_job(
-        session, tenant_id=tenant_id, kind="compare", resource_type="dataset", resource_id=dataset_id, params=params
-    )
+from core.jobs import JobContext
+from workers.jobs.extract import ensure_features
+from workers.jobs.fit import fit_and_score
+from workers.plan import head_config
 
 
 def compare_job(ctx: JobContext) -> dict[str, Any]:
-    from workers.models import fit_and_score, head_config
-
     p = ctx.params
     cfg = head_config(p["head"], p["seed"])
     board: list[dict[str, Any]] = []
@@ -61,12 +23,13 @@ def compare_job(ctx: JobContext) -> dict[str, Any]:
         ctx.check_cancelled(force=True)
         ctx.progress("compare", i, len(p["backbones"]), force=True, backbone=name)
         start = time.perf_counter()
-        fs, forwarded = feats.ensure_features(
+        fs, forwarded = ensure_features(
             ctx, p["dataset_id"], name, version=p["version"], allow_random_weights=p["allow_random_weights"]
         )
         extract_s = time.perf_counter() - start
         with session_scope() as s:
-            data = feats.labelled_features(s, fs)
+            version_id = p.get("version_id") or ds.ready_version(s, ctx.tenant_id, p["dataset_id"], p["version"]).id
+            data = fsets.labelled_features(s, fs, version_id)  # this dataset's labels, whoever made the cache
         extract_stats = dict(fs.stats)
         result, scores = fit_and_score(data, cfg)
         board.append(

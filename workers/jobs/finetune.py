@@ -3,7 +3,8 @@ train split with early stopping on val, checkpointed every epoch so a redelivere
 dead worker stopped, then evaluated on the test split exactly like a linear probe.
 
 Stored per model: ``finetuned.pt`` (a state dict; loaded with ``weights_only=True``), ``finetuned.json``
-(what to build), ``model.onnx`` (the served graph, checked against torch), ``checkpoint.pt`` while training.
+(what to build), ``model.onnx`` (the served graph, through the same export check as a backbone's),
+``checkpoint.pt`` while training.
 """
 
 from __future__ import annotations
@@ -13,56 +14,26 @@ import io
 import json
 import logging
 import time
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
+from classifiers.scores import softmax
 from core import datasets as ds
 from core.db import session_scope
 from core.errors import InvalidInput, JobCancelled, NotFound
 from core.jobs import JobContext
+from core.status import ResourceStatus
 from core.storage import get_storage
 from core.tables import Job, Model
 from workers.backbones import BackboneSpec, WeightsInfo, get_backbone
+from workers.jobs.fit import library_versions
+from workers.runtime.engines import export_checked
+from workers.runtime.preprocess import load_rgb, stack_batch
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
-ONNX_ATOL = 1e-3
-
-
-def plan_params(
-    backbone: str, finetune: dict[str, Any], head: dict[str, Any], seed: int, allow_random_weights: bool
-) -> tuple[BackboneSpec, str, dict[str, Any]]:
-    """Validate a fine-tune request: the backbone (random weights are fine for training from scratch only
-    when asked, or for ``lenet5`` which has none), and the ``finetune`` body."""
-    from workers.backbones import weights_info
-    from workers.training.config import FinetuneConfig
-
-    try:
-        spec = get_backbone(backbone)
-    except NotFound as exc:
-        raise InvalidInput(exc.message) from exc
-    info = weights_info(spec)
-    if not info.pretrained and spec.weights.kind != "none" and not allow_random_weights:
-        raise InvalidInput(
-            f"backbone {backbone!r} has no pretrained weights here; fine-tuning random weights is training from "
-            'scratch: pass "allow_random_weights": true to do it anyway'
-        )
-    body = {"seed": seed, **finetune}
-    cfg = FinetuneConfig.from_dict(body, num_stages=spec.num_stages or None)
-    if head:
-        raise InvalidInput("'head' is for linear probes; a fine-tune's head is set in 'finetune' (dropout, init)")
-    return (
-        spec,
-        info.digest,
-        {
-            "finetune": asdict(cfg) | {"augment": list(cfg.augment)},
-            "seed": seed,
-            "allow_random_weights": allow_random_weights,
-        },
-    )
 
 
 def _samples(rows: list[Any], classes: list[str]) -> Any:
@@ -122,27 +93,9 @@ def finetune_job(ctx: JobContext) -> dict[str, Any]:
         model = s.get(Model, ctx.params["model_id"])
         if model is None:
             raise NotFound("the model was deleted before it was trained")
-        model.status = "running"
+        model.status = ResourceStatus.RUNNING
         rows = ds.version_images(s, model.version_id)
         s.expunge_all()
-    try:
-        return _train(ctx, model, rows)
-    except JobCancelled:
-        _mark(model.id, "cancelled")
-        raise
-    except Exception:
-        _mark(model.id, "failed")
-        raise
-
-
-def _mark(model_id: str, status: str) -> None:
-    with session_scope() as s:
-        row = s.get(Model, model_id)
-        if row is not None and row.status != "ready":
-            row.status = status
-
-
-def _train(ctx: JobContext, model: Model, rows: list[Any]) -> dict[str, Any]:
     from workers.training.config import FinetuneConfig
     from workers.training.loop import finetune
 
@@ -188,28 +141,19 @@ def _train(ctx: JobContext, model: Model, rows: list[Any]) -> dict[str, Any]:
         row = s.get(Model, model.id)
         if row is None:
             raise NotFound("the model was deleted while it was being trained")
-        row.status, row.metrics, row.labels = "ready", metrics, classes
-        row.lineage = {**row.lineage, "finetuned_digest": digest, "libraries": _libraries()}
+        row.status, row.metrics, row.labels = ResourceStatus.READY, metrics, classes
+        row.lineage = {**row.lineage, "finetuned_digest": digest, "libraries": library_versions()}
         row.params = {**row.params, "result": {k: v for k, v in summary.items() if k != "history"}}
     get_storage().delete(f"{model.storage_prefix}/{CHECKPOINT}")
     return {"test_accuracy": metrics.get("accuracy"), "macro_f1": metrics.get("macro_f1"), **summary}
 
 
-def _libraries() -> dict[str, str]:
-    from workers.models import library_versions
-
-    return library_versions()
-
-
 def _pixels(rows: list[Any], spec: BackboneSpec) -> np.ndarray:
-    from workers.preprocess import load_rgb, stack_batch
-
     storage = get_storage()
     return stack_batch([load_rgb(storage.get_bytes(r.canonical_key), spec.preprocessing) for r in rows])
 
 
 def _probabilities(model: Any, spec: BackboneSpec, rows: list[Any]) -> np.ndarray:
-    from workers.engine import softmax
     from workers.training.logits import predict_logits
 
     if not rows:
@@ -254,82 +198,9 @@ def _store(model: Model, spec: BackboneSpec, result: Any, classes: list[str]) ->
         "init": model.params["finetune"]["init"],
         "digest": digest,
     }
-    graph = _export_checked(result.model, spec)
+    graph = export_checked(result.model, spec, WeightsInfo(True, digest, None))
     if graph is not None:
         storage.put_bytes(f"{model.storage_prefix}/model.onnx", graph)
         meta["onnx"] = "model.onnx"
     storage.put_bytes(f"{model.storage_prefix}/finetuned.json", json.dumps(meta).encode())
     return digest
-
-
-def _export_checked(net: Any, spec: BackboneSpec) -> bytes | None:
-    from workers.backbones.graph import export_onnx
-    from workers.engine import OnnxEngine, reference_batch
-    from workers.training.logits import predict_logits
-
-    sample = reference_batch(spec)
-    try:
-        net = net.cpu().eval()
-        data = export_onnx(net, spec.preprocessing, sample[:2])
-        engine = OnnxEngine(data, spec, WeightsInfo(True, "finetuned", None))
-        want = predict_logits(net, sample, spec.preprocessing).numpy()
-        diff = float(np.max(np.abs(engine.logits(sample) - want))) / max(1.0, float(np.max(np.abs(want))))
-    except Exception:
-        log.warning("ONNX export of the fine-tuned %s failed; it will be served by torch", spec.name, exc_info=True)
-        return None
-    if diff > ONNX_ATOL:
-        log.warning("fine-tuned %s: ONNX differs from torch by %.2e; serving torch", spec.name, diff)
-        return None
-    return data
-
-
-class FinetunedEngine:
-    """Serving a fine-tuned network: ONNX Runtime when its export passed the check, else torch."""
-
-    def __init__(self, prefix: str) -> None:
-        storage = get_storage()
-        meta = json.loads(storage.get_bytes(f"{prefix}/finetuned.json"))
-        self.spec = get_backbone(meta["backbone"])
-        self.labels = list(meta["classes"])
-        if meta.get("onnx"):
-            from workers.engine import OnnxEngine
-
-            self._onnx = OnnxEngine(
-                storage.get_bytes(f"{prefix}/{meta['onnx']}"), self.spec, WeightsInfo(True, meta["digest"], None)
-            )
-            self._torch = None
-        else:
-            import torch
-
-            from workers.backbones import load_model
-            from workers.training.new_head import new_head
-
-            net = load_model(self.spec, pretrained=False)
-            new_head(net, len(self.labels), dropout=meta["dropout"], init=meta["init"])
-            state = torch.load(io.BytesIO(storage.get_bytes(f"{prefix}/finetuned.pt")), weights_only=True)
-            net.load_state_dict(state)
-            self._onnx, self._torch = None, net.eval()
-
-    def features(self, pixels: np.ndarray) -> np.ndarray:
-        if self._onnx is not None:
-            return self._onnx.features(pixels)
-        import torch
-
-        from workers.training.augment import batch_transform
-
-        with torch.no_grad():
-            x = batch_transform(self.spec.preprocessing, train=False)(torch.from_numpy(pixels).permute(0, 3, 1, 2))
-            return self._torch.forward_head(self._torch.forward_features(x), pre_logits=True).numpy()
-
-    def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
-        from workers.engine import softmax
-
-        if self._onnx is not None:
-            return softmax(self._onnx.logits(pixels))
-        from workers.training.logits import predict_logits
-
-        return softmax(predict_logits(self._torch, pixels, self.spec.preprocessing).numpy())
-
-
-def load_finetuned(prefix: str) -> FinetunedEngine:
-    return FinetunedEngine(prefix)

@@ -1,0 +1,175 @@
+"""Feature sets: the pooled features of every image of a dataset version under one backbone, found in the
+cache or planned as an extraction job, and read back joined with a version's labels.
+
+The cache key covers the images *and* what extracts them (backbone, weights, preprocessing, layer, engine);
+labels and splits are never part of a feature set: they are read from the dataset version that asks, so two
+datasets with the same images share the forward passes but never each other's labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core import datasets as ds
+from core.db import get_owned
+from core.errors import Conflict
+from core.jobs import create_job
+from core.keys import chunk_key, features_prefix
+from core.status import JobKind, ResourceStatus, ResourceType
+from core.tables import FeatureSet, Image, Job
+
+CHUNK_SIZE = 512  # images per stored chunk: bounded memory, fine-grained resume
+FORMAT_VERSION = 1
+MODEL_PREFIX = "model:"  # a tenant's fine-tuned model used as a backbone: "model:<model id>"
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """What turns images into features, as plain values (the workers' registry resolves a name into one)."""
+
+    backbone: str
+    weights_digest: str
+    preprocessing: str
+    layer: str
+    engine: str
+    feature_dim: int
+
+
+def cache_key(hashes: list[str], extractor: Extractor) -> str:
+    payload = {
+        "format": FORMAT_VERSION,
+        "images": hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest(),
+        "backbone": extractor.backbone,
+        "weights": extractor.weights_digest,
+        "preprocessing": extractor.preprocessing,
+        "layer": extractor.layer,
+        "engine": extractor.engine,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Planned:
+    feature_set: FeatureSet
+    job: Job | None  # None: ready in the cache, or already being extracted by another job
+    cached: bool
+
+
+def plan_extraction(
+    session: Session,
+    tenant_id: str,
+    dataset_id: str,
+    extractor: Extractor,
+    *,
+    version: int | None = None,
+    queue: str = "cpu",
+) -> Planned:
+    """Find the feature set in the cache or create it with an extraction job (the caller submits it).
+
+    A feature set that failed or was cancelled is planned again with a new job."""
+    dv = ds.ready_version(session, tenant_id, dataset_id, version)
+    hashes = list(session.scalars(select(Image.sha256).where(Image.version_id == dv.id)))
+    key = cache_key(hashes, extractor)
+    found = session.scalar(select(FeatureSet).where(FeatureSet.tenant_id == tenant_id, FeatureSet.cache_key == key))
+    live = (ResourceStatus.READY, ResourceStatus.QUEUED, ResourceStatus.RUNNING)
+    if found is not None and found.status in live:
+        return Planned(found, None, cached=found.status == ResourceStatus.READY)
+    if found is None:
+        found = FeatureSet(
+            tenant_id=tenant_id,
+            cache_key=key,
+            dataset_id=dataset_id,
+            version_id=dv.id,
+            backbone=extractor.backbone,
+            weights_digest=extractor.weights_digest,
+            engine=extractor.engine,
+            storage_prefix=features_prefix(tenant_id, key),
+            feature_dim=extractor.feature_dim,
+            num_images=len(hashes),
+        )
+        try:
+            with session.begin_nested():
+                session.add(found)
+        except IntegrityError:  # a concurrent request created it first
+            found = session.scalar(
+                select(FeatureSet).where(FeatureSet.tenant_id == tenant_id, FeatureSet.cache_key == key)
+            )
+            return Planned(found, None, cached=found.status == ResourceStatus.READY)
+    job = create_job(
+        session,
+        tenant_id=tenant_id,
+        kind=JobKind.EXTRACT,
+        queue=queue,
+        resource_type=ResourceType.FEATURES,
+        resource_id=found.id,
+        params={"feature_set_id": found.id},
+    )
+    found.status, found.job_id = ResourceStatus.QUEUED, job.id
+    return Planned(found, job, cached=False)
+
+
+def get_feature_set(session: Session, tenant_id: str, feature_set_id: str) -> FeatureSet:
+    return get_owned(session, FeatureSet, tenant_id, feature_set_id, "feature set")
+
+
+def list_feature_sets(session: Session, tenant_id: str) -> list[FeatureSet]:
+    stmt = select(FeatureSet).where(FeatureSet.tenant_id == tenant_id).order_by(FeatureSet.created_at)
+    return list(session.scalars(stmt))
+
+
+def num_chunks(num_images: int) -> int:
+    return (num_images + CHUNK_SIZE - 1) // CHUNK_SIZE
+
+
+def load_features(fs: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
+    """(features N×D float32, sha256 N) in the stored order."""
+    from core.storage import get_storage
+
+    storage = get_storage()
+    feats, hashes = [], []
+    for index in range(num_chunks(fs.num_images)):
+        with np.load(io.BytesIO(storage.get_bytes(chunk_key(fs.storage_prefix, index))), allow_pickle=False) as z:
+            feats.append(z["features"])
+            hashes.append(z["sha256"])
+    if not feats:
+        return np.zeros((0, fs.feature_dim), np.float32), np.array([], dtype="<U64")
+    return np.concatenate(feats), np.concatenate(hashes)
+
+
+def labelled_features(session: Session, fs: FeatureSet, version_id: str) -> dict[str, np.ndarray]:
+    """Features joined with one dataset version's labels, ids and splits (never another version's)."""
+    feats, hashes = load_features(fs)
+    rows = {img.sha256: img for img in ds.version_images(session, version_id)}
+    keep = np.array([h in rows for h in hashes], dtype=bool)
+    feats, hashes = feats[keep], hashes[keep]
+    return {
+        "features": feats,
+        "sha256": hashes,
+        "labels": np.array([rows[h].label for h in hashes]),
+        "image_ids": np.array([rows[h].id for h in hashes]),
+        "splits": np.array([rows[h].split for h in hashes]),
+    }
+
+
+def split_arrays(data: dict[str, np.ndarray], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels) of one split of ``labelled_features``' output."""
+    mask = data["splits"] == split
+    return data["features"][mask], data["labels"][mask]
+
+
+def download_npz(session: Session, tenant_id: str, feature_set_id: str) -> bytes:
+    """``features``, ``labels``, ``image_ids`` (and ``splits``, ``sha256``) as an npz without pickles."""
+    fs = get_feature_set(session, tenant_id, feature_set_id)
+    if fs.status != ResourceStatus.READY:
+        raise Conflict(f"feature set {feature_set_id!r} is {fs.status}; download it when its job has succeeded")
+    buf = io.BytesIO()
+    np.savez(buf, **labelled_features(session, fs, fs.version_id))
+    return buf.getvalue()

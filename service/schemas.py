@@ -1,0 +1,319 @@
+"""The typed REST contract: every request body and every response, so ``/openapi.json`` documents each
+field and FastAPI checks each response against it. Serialisation of rows lives here (``from_row``), once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.tables import Dataset, DatasetVersion, FeatureSet, Job, Model
+
+Queue = Literal["cpu", "gpu"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- requests -------------------------------------------------------------------------------------------------
+
+
+class HeadBody(Strict):
+    """A linear head's hyperparameters (``linear_probe``); omitted fields keep their defaults."""
+
+    type: Literal["logistic", "linear_svm", "ridge", "sgd"] | None = None
+    C: float | None = Field(None, gt=0, le=1e6, description="inverse regularisation; omitted: cross-validated search")
+    class_weight: Literal["balanced"] | None = None
+    standardize: bool | None = None
+    pca_whiten: bool | None = None
+    pca_components: int | float | None = Field(None, gt=0, le=8192)
+    max_iter: int | None = Field(None, ge=1, le=100_000)
+    tol: float | None = Field(None, gt=0, le=1.0)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    cv_folds: int | None = Field(None, ge=2, le=20)
+    C_grid: list[float] | None = Field(None, min_length=1, max_length=50)
+    search: Literal["auto", "cv", "holdout"] | None = None
+    n_jobs: int | None = Field(None, ge=1, le=64)
+
+    def fields(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True, exclude_none=True)
+
+
+class FinetuneBody(Strict):
+    """Fine-tuning hyperparameters (``finetune``); omitted fields keep the defaults of DESIGN.md."""
+
+    epochs: int | None = Field(None, ge=1, le=1000)
+    unfreeze: str | None = Field(None, pattern=r"^\s*(?i:head|all|gradual|last:[0-9]+)\s*$", max_length=16)
+    gradual_every: int | None = Field(None, ge=1, le=1000)
+    optimizer: str | None = Field(None, max_length=16)
+    lr: float | None = Field(None, gt=0, le=10)
+    momentum: float | None = Field(None, ge=0, lt=1)
+    weight_decay: float | None = Field(None, ge=0, le=1)
+    dropout: float | None = Field(None, ge=0, lt=1)
+    batch_size: int | None = Field(None, ge=1, le=4096)
+    early_stopping_patience: int | None = Field(None, ge=0, le=1000)
+    augment: list[str] | None = Field(None, max_length=16)
+    label_smoothing: float | None = Field(None, ge=0, lt=1)
+    max_norm: float | None = Field(None, gt=0, le=1e6)
+    schedule: str | None = Field(None, max_length=16)
+    init: str | None = Field(None, max_length=16)
+    discriminative_lr_decay: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    data_path: str | None = Field(None, max_length=16)
+
+    def fields(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True, exclude_none=True)
+
+
+class FeaturesRequest(Strict):
+    dataset_id: str = Field(max_length=64)
+    backbone: str = Field("efficientnet_lite0", max_length=128)
+    version: int | None = Field(default=None, ge=1, description="dataset version; default: the latest ready one")
+    allow_random_weights: bool = False
+    queue: Queue = "cpu"
+
+
+class ModelRequest(Strict):
+    dataset_id: str = Field(max_length=64)
+    backbone: str = Field("efficientnet_lite0", max_length=128)
+    strategy: Literal["linear_probe", "finetune"] = "linear_probe"
+    head: HeadBody = Field(default_factory=HeadBody)
+    finetune: FinetuneBody = Field(default_factory=FinetuneBody)
+    version: int | None = Field(default=None, ge=1)
+    allow_random_weights: bool = False
+    queue: Queue = "cpu"
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
+class CompareRequest(Strict):
+    dataset_id: str = Field(max_length=64)
+    backbones: list[str] = Field(min_length=1, max_length=12)
+    head: HeadBody = Field(default_factory=HeadBody)
+    version: int | None = Field(default=None, ge=1)
+    allow_random_weights: bool = False
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
+# --- responses ------------------------------------------------------------------------------------------------
+
+
+class JobRef(BaseModel):
+    """What a request that started a job answers (202): follow ``job_id`` at ``/v1/jobs/{job_id}``."""
+
+    job_id: str
+    status: str
+
+
+class Created(JobRef):
+    id: str
+
+
+class DatasetCreated(Created):
+    version: int
+
+
+class VersionSummary(BaseModel):
+    version: int
+    status: str
+    num_images: int
+
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    version: int
+    status: str
+    num_images: int
+    classes: dict[str, int]
+    splits: dict[str, int]
+    rejected: list[dict[str, Any]]
+    version_id: str | None = None
+    job_id: str | None = None
+    duplicates: list[dict[str, Any]] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    versions: list[VersionSummary] = Field(default_factory=list)
+
+    @classmethod
+    def from_row(cls, dataset: Dataset, version: DatasetVersion | None) -> DatasetOut:
+        base = {"id": dataset.id, "name": dataset.name, "created_at": dataset.created_at}
+        if version is None:
+            return cls(**base, version=0, status="empty", num_images=0, classes={}, splits={}, rejected=[])
+        return cls(
+            **base,
+            version=version.version,
+            version_id=version.id,
+            status=version.status,
+            job_id=version.job_id,
+            num_images=version.num_images,
+            classes=version.classes,
+            splits=version.splits,
+            rejected=version.rejected,
+            duplicates=version.duplicates,
+            params={k: v for k, v in version.params.items() if k in ("val_fraction", "test_fraction", "seed")},
+            error=version.params.get("error"),
+            versions=[
+                VersionSummary(version=v.version, status=v.status, num_images=v.num_images) for v in dataset.versions
+            ],
+        )
+
+
+class ResourceRef(BaseModel):
+    type: str
+    id: str
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    status: str
+    queue: str
+    resource: ResourceRef | None
+    progress: dict[str, Any]
+    metrics: dict[str, Any]
+    error: dict[str, Any] | None
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, job: Job) -> JobOut:
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            status=job.status,
+            queue=job.queue,
+            resource=ResourceRef(type=job.resource_type, id=job.resource_id) if job.resource_id else None,
+            progress=job.progress,
+            metrics=job.metrics,
+            error=job.error,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            cancel_requested=job.cancel_requested,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
+
+
+class FeatureSetOut(BaseModel):
+    id: str
+    status: str
+    dataset_id: str
+    version_id: str
+    backbone: str
+    weights_digest: str
+    engine: str
+    num_images: int
+    feature_dim: int
+    job_id: str | None
+    cache_key: str
+    stats: dict[str, Any]
+    created_at: datetime
+    cached: bool | None = Field(None, description="on a request: true when served from the cache")
+
+    @classmethod
+    def from_row(cls, fs: FeatureSet, cached: bool | None = None) -> FeatureSetOut:
+        return cls(
+            id=fs.id,
+            status=fs.status,
+            dataset_id=fs.dataset_id,
+            version_id=fs.version_id,
+            backbone=fs.backbone,
+            weights_digest=fs.weights_digest,
+            engine=fs.engine,
+            num_images=fs.num_images,
+            feature_dim=fs.feature_dim,
+            job_id=fs.job_id,
+            cache_key=fs.cache_key,
+            stats=fs.stats or {},
+            created_at=fs.created_at,
+            cached=cached,
+        )
+
+
+class ModelOut(BaseModel):
+    id: str
+    status: str
+    strategy: str
+    dataset_id: str
+    backbone: str
+    job_id: str | None
+    labels: list[str] | None
+    params: dict[str, Any]
+    lineage: dict[str, Any]
+    metrics: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, model: Model) -> ModelOut:
+        return cls(
+            id=model.id,
+            status=model.status,
+            strategy=model.strategy,
+            dataset_id=model.dataset_id,
+            backbone=model.backbone,
+            job_id=model.job_id,
+            labels=model.labels,
+            params={k: v for k, v in model.params.items() if k != "queue"},
+            lineage=model.lineage,
+            metrics=model.metrics,
+            created_at=model.created_at,
+        )
+
+
+class Ranked(BaseModel):
+    label: str
+    score: float
+
+
+class FilePrediction(BaseModel):
+    """One uploaded file: its prediction, or why it could not be read."""
+
+    file: str
+    label: str | None = None
+    score: float | None = None
+    top_k: list[Ranked] | None = None
+    error: str | None = None
+
+
+class PredictOut(BaseModel):
+    model_id: str
+    predictions: list[FilePrediction]
+
+
+class ClassifyOut(BaseModel):
+    backbone: str
+    predictions: list[FilePrediction]
+
+
+class FileEmbedding(BaseModel):
+    file: str
+    embedding: list[float] | None = None
+    error: str | None = None
+
+
+class EmbedOut(BaseModel):
+    backbone: str
+    feature_dim: int
+    weights_digest: str
+    embeddings: list[FileEmbedding]
+
+
+class BackboneCard(BaseModel):
+    name: str
+    feature_dim: int
+    input_size: int
+    weights: str | None
+    license: str | None
+    pretrained: bool
+    feature_layer: str
+    family: str
+    base: str | None = Field(None, description="fine-tuned models: the registered backbone underneath")
+    dataset_id: str | None = Field(None, description="fine-tuned models: the dataset they were trained on")

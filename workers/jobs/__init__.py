@@ -1,0 +1,1 @@
+"""Job bodies, one module per kind: each takes a ``JobContext`` and returns the job's metrics."""

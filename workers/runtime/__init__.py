@@ -1,0 +1,1 @@
+"""The inference runtime: engines (ONNX Runtime, torch), preprocessing, the export check, the serving cache."""
