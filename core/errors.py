@@ -74,6 +74,16 @@ class JobCancelled(TLServeError):
     code = "job_cancelled"
 
 
+class JobReleased(Exception):  # noqa: N818 - a signal, like JobCancelled, not an error of the job
+    """Raised inside a job when its worker is draining (SIGTERM): the job goes back to the queue and resumes
+    from its last checkpoint or chunk on another worker."""
+
+
+class LeaseLost(Exception):  # noqa: N818
+    """Raised inside a job whose lease was taken over (its heartbeat stopped long enough for the reaper to
+    hand it to another worker): this worker stops and touches nothing more."""
+
+
 class WeightsError(TLServeError):
     """A weights file is missing, fails its checksum or does not fit the architecture."""
 

@@ -7,15 +7,18 @@ attempt cap kept in the database so that a message redelivered forever cannot ru
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, object_session
 
 from core.db import get_owned, session_scope
-from core.errors import JobCancelled
+from core.errors import JobCancelled, JobReleased, LeaseLost
+from core.settings import get_settings
 from core.status import TERMINAL_JOB as TERMINAL
 from core.status import JobStatus, ResourceStatus, VersionStatus
 from core.tables import DatasetVersion, FeatureSet, Job, Model, utcnow
@@ -34,8 +37,6 @@ def create_job(
     params: dict[str, Any] | None = None,
     max_attempts: int | None = None,
 ) -> Job:
-    from core.settings import get_settings
-
     job = Job(
         tenant_id=tenant_id,
         kind=kind,
@@ -45,6 +46,7 @@ def create_job(
         params=params or {},
         progress={"stage": "queued", "done": 0, "total": 0},
         max_attempts=max_attempts or get_settings().max_attempts,
+        enqueued_at=utcnow(),
     )
     session.add(job)
     session.flush()
@@ -75,6 +77,7 @@ def _finish(job: Job, status: JobStatus, error: dict[str, Any] | None = None) ->
     """The one place a job reaches a final state; what it was working on is settled with it."""
     job.status = status
     job.finished_at = utcnow()
+    job.lease_owner, job.lease_expires_at, job.release_requested = None, None, False
     if error is not None:
         job.error = error
     session = object_session(job)
@@ -110,6 +113,9 @@ class JobContext:
     kind: str
     params: dict[str, Any]
     attempt: int
+    owner: str = ""
+    queue: str = "cpu"
+    lease_lost: threading.Event = field(default_factory=threading.Event, repr=False)
     progress_interval_s: float = 0.5
     cancel_interval_s: float = 0.5
     _last_progress: float = field(default=0.0, repr=False)
@@ -129,15 +135,20 @@ class JobContext:
                 job.progress = {"stage": stage, "done": done, "total": total, **extra}
 
     def check_cancelled(self, *, force: bool = False) -> None:
-        """Raise ``JobCancelled`` when a cancel was requested; cheap enough to call every batch."""
+        """Raise ``JobCancelled`` when a cancel was requested, ``JobReleased`` when this worker is draining,
+        ``LeaseLost`` when another worker took the job over; cheap enough to call every batch."""
+        if self.lease_lost.is_set():
+            raise LeaseLost(f"job {self.job_id}: the lease of {self.owner} was lost")
         now = time.monotonic()
         if not force and now - self._last_cancel_check < self.cancel_interval_s:
             return
         self._last_cancel_check = now
         with session_scope() as s:
-            requested = s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
-        if requested:
+            row = s.execute(select(Job.cancel_requested, Job.release_requested).where(Job.id == self.job_id)).first()
+        if row is not None and row.cancel_requested:
             raise JobCancelled("cancelled on request")
+        if row is not None and row.release_requested:
+            raise JobReleased(f"job {self.job_id}: its worker is shutting down")
 
     def update_metrics(self, **metrics: Any) -> None:
         with session_scope() as s:
@@ -146,18 +157,35 @@ class JobContext:
                 job.metrics = {**job.metrics, **metrics}
 
 
-def begin_attempt(job_id: str) -> JobContext | None:
-    """Claim a job for one attempt, or ``None`` when it must not run (finished, cancelled, out of tries).
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
-    A redelivered message for a job that already finished lands here and exits without doing anything.
+
+def _lease_live(job: Job, now: datetime) -> bool:
+    expires = _aware(job.lease_expires_at)
+    return job.lease_owner is not None and expires is not None and expires > now
+
+
+def begin_attempt(job_id: str, owner: str = "") -> JobContext | None:
+    """Claim a job for one attempt under a lease held by ``owner``, or ``None`` when it must not run
+    (finished, cancelled, out of tries, or running under another worker's live lease).
+
+    A redelivered message for a job that already finished, or that another worker is running, lands here
+    and exits without doing anything.
     """
+    lease = timedelta(seconds=get_settings().lease_s)
     with session_scope() as s:
         job = _lock(s, job_id)
+        now = utcnow()
         if job is None:
             log.warning("job %s does not exist; dropping the message", job_id)
             return None
         if job.status in TERMINAL:
             log.info("job %s is already %s; nothing to do", job_id, job.status)
+            return None
+        if job.status == JobStatus.RUNNING and job.lease_owner != owner and _lease_live(job, now):
+            log.info("job %s is running under %s's live lease; dropping this message", job_id, job.lease_owner)
             return None
         if job.cancel_requested:
             _finish(job, JobStatus.CANCELLED)
@@ -174,17 +202,118 @@ def begin_attempt(job_id: str) -> JobContext | None:
             return None
         job.attempts += 1
         job.status = JobStatus.RUNNING
-        job.started_at = job.started_at or utcnow()
+        job.started_at = job.started_at or now
         job.error = None
+        job.lease_owner, job.lease_expires_at, job.release_requested = owner, now + lease, False
         return JobContext(
-            job_id=job.id, tenant_id=job.tenant_id, kind=job.kind, params=dict(job.params), attempt=job.attempts
+            job_id=job.id,
+            tenant_id=job.tenant_id,
+            kind=job.kind,
+            params=dict(job.params),
+            attempt=job.attempts,
+            owner=owner,
+            queue=job.queue,
         )
 
 
-def complete(job_id: str, metrics: dict[str, Any] | None = None) -> None:
+def renew_lease(job_id: str, owner: str) -> bool:
+    """The heartbeat: push the lease forward; ``False`` when ``owner`` no longer holds it."""
+    expires = utcnow() + timedelta(seconds=get_settings().lease_s)
+    with session_scope() as s:
+        done = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
+            .values(lease_expires_at=expires)
+        )
+        return bool(done.rowcount)
+
+
+def release(job_id: str, owner: str) -> bool:
+    """A draining worker gives its job back: queued again, unsent (the reaper sends it), lease cleared, the
+    attempt not counted. ``True`` when the job went back to the queue."""
     with session_scope() as s:
         job = _lock(s, job_id)
-        if job is None or job.status in TERMINAL:
+        if job is None or job.status in TERMINAL or job.lease_owner != owner:
+            return False
+        if job.cancel_requested:
+            _finish(job, JobStatus.CANCELLED)
+            return False
+        job.status = JobStatus.QUEUED
+        job.attempts = max(0, job.attempts - 1)
+        job.lease_owner, job.lease_expires_at, job.release_requested = None, None, False
+        job.enqueued_at = None
+        job.progress = {**job.progress, "stage": "queued"}
+        return True
+
+
+def request_release(owner_prefix: str) -> int:
+    """Ask every job running under a lease of ``owner_prefix`` (one worker) to go back to the queue."""
+    with session_scope() as s:
+        done = s.execute(
+            update(Job)
+            .where(Job.status == JobStatus.RUNNING, Job.lease_owner.startswith(owner_prefix, autoescape=True))
+            .values(release_requested=True)
+        )
+        return int(done.rowcount)
+
+
+def requeue_expired(now: datetime | None = None) -> list[Job]:
+    """Jobs whose worker stopped renewing its lease (killed, machine gone) go back to ``queued``, to be sent
+    again; returns them (detached). The attempt cap in ``begin_attempt`` still applies."""
+    now = now or utcnow()
+    stale_update = now - timedelta(seconds=get_settings().lease_s)
+    expired = or_(
+        Job.lease_expires_at < now,
+        (Job.lease_expires_at.is_(None) & (Job.updated_at < stale_update)),  # running from before leases
+    )
+    with session_scope() as s:
+        rows = list(
+            s.scalars(select(Job).where(Job.status == JobStatus.RUNNING, expired).with_for_update(skip_locked=True))
+        )
+        for job in rows:
+            log.warning("job %s: the lease of %s expired; back to the queue", job.id, job.lease_owner)
+            job.status = JobStatus.QUEUED
+            job.lease_owner, job.lease_expires_at, job.release_requested = None, None, False
+            job.enqueued_at = None  # not sent yet: the reaper sends it now, or next round if the broker is down
+            job.progress = {**job.progress, "stage": "queued"}
+        s.flush()
+        s.expunge_all()
+    return rows
+
+
+def unsent_queued(now: datetime | None = None) -> list[Job]:
+    """Queued jobs last sent more than ``queued_grace_s`` ago (detached): candidates for sending again when
+    the broker holds no message for them (the database is the outbox)."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=get_settings().queued_grace_s)
+    stmt = select(Job).where(Job.status == JobStatus.QUEUED, or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff))
+    with session_scope() as s:
+        rows = list(s.scalars(stmt.order_by(Job.created_at).limit(1000)))
+        s.expunge_all()
+    return rows
+
+
+def mark_sent(job_ids: list[str]) -> None:
+    if not job_ids:
+        return
+    with session_scope() as s:
+        s.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow()))
+
+
+def _still_ours(job: Job | None, owner: str | None) -> bool:
+    """A worker records an outcome only while it holds the job (a reaped job belongs to its next worker)."""
+    if job is None or job.status in TERMINAL:
+        return False
+    if owner is not None and job.lease_owner not in (owner, None):
+        log.warning("job %s is now held by %s; not recording %s's outcome", job.id, job.lease_owner, owner)
+        return False
+    return True
+
+
+def complete(job_id: str, metrics: dict[str, Any] | None = None, owner: str | None = None) -> None:
+    with session_scope() as s:
+        job = _lock(s, job_id)
+        if not _still_ours(job, owner):
             return
         if metrics:
             job.metrics = {**job.metrics, **metrics}
@@ -192,17 +321,17 @@ def complete(job_id: str, metrics: dict[str, Any] | None = None) -> None:
         _finish(job, JobStatus.SUCCEEDED)
 
 
-def fail(job_id: str, code: str, message: str) -> None:
+def fail(job_id: str, code: str, message: str, owner: str | None = None) -> None:
     with session_scope() as s:
         job = _lock(s, job_id)
-        if job is None or job.status in TERMINAL:
+        if not _still_ours(job, owner):
             return
         _finish(job, JobStatus.FAILED, {"code": code, "message": message})
 
 
-def cancelled(job_id: str) -> None:
+def cancelled(job_id: str, owner: str | None = None) -> None:
     with session_scope() as s:
         job = _lock(s, job_id)
-        if job is None or job.status in TERMINAL:
+        if not _still_ours(job, owner):
             return
         _finish(job, JobStatus.CANCELLED)

@@ -6,7 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,8 +38,20 @@ class Settings(BaseSettings):
 
     # Jobs
     max_attempts: int = 3
-    visibility_timeout_s: int = 6 * 3600  # above the longest job; redelivery after a worker dies
+    # A running job holds a lease on its row, renewed by a heartbeat; the reaper (a thread in every worker,
+    # and in the API when jobs run in-process) re-sends jobs whose lease expired and queued jobs that have
+    # no message in the broker. A killed worker's job runs again within about lease_s + reaper_interval_s.
+    lease_s: float = Field(30.0, ge=2)
+    heartbeat_s: float = Field(10.0, gt=0)
+    reaper_interval_s: float = Field(10.0, gt=0)
+    queued_grace_s: float = Field(30.0, ge=0)  # a queued job is re-sent only after this long without a message
+    # Time limits per job (soft: the job fails with "time_limit"; hard: the process is killed), both below
+    # the broker's visibility timeout, which is no longer how jobs are recovered.
+    job_soft_time_limit_s: int = Field(5 * 3600, ge=10)
+    job_time_limit_s: int = Field(5 * 3600 + 300, ge=20)
+    visibility_timeout_s: int = 6 * 3600
     broker_restore_interval_s: int = 10  # how often a worker looks for messages of dead workers
+    publish_timeout_s: float = Field(3.0, gt=0)  # an API request gives up sending to a down broker after this
     job_event_poll_s: float = 0.25
 
     # Compute
@@ -52,6 +64,17 @@ class Settings(BaseSettings):
     batch_max_size: int = 32  # predict micro-batching: most images in one merged forward pass
     batch_window_s: float = 0.0  # > 0: an idle model waits this long for more requests before running
     inference_threads: int = 1  # threads running forward passes in the API process
+
+    @model_validator(mode="after")
+    def _limits_in_order(self) -> Settings:
+        if not self.heartbeat_s < self.lease_s:
+            raise ValueError(f"heartbeat_s ({self.heartbeat_s}) must be below lease_s ({self.lease_s})")
+        if not self.job_soft_time_limit_s < self.job_time_limit_s < self.visibility_timeout_s:
+            raise ValueError(
+                "job_soft_time_limit_s < job_time_limit_s < visibility_timeout_s must hold "
+                f"(got {self.job_soft_time_limit_s}, {self.job_time_limit_s}, {self.visibility_timeout_s})"
+            )
+        return self
 
     @property
     def resolved_database_url(self) -> str:

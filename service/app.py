@@ -23,7 +23,14 @@ LATENCY = Histogram("tlserve_http_request_seconds", "HTTP request latency", ["me
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     app.state.batcher = MicroBatcher(settings.batch_max_size, settings.inference_threads, settings.batch_window_s)
+    reaper = None
+    if settings.broker_is_memory:  # jobs run in this process: so does their reaper
+        from workers.reaper import Reaper
+
+        reaper = Reaper().start()
     yield
+    if reaper is not None:
+        reaper.stop()
     app.state.batcher.close()
     from core.db import dispose_engines
 

@@ -4,6 +4,7 @@ API keys, and helpers that build zips of real images."""
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,6 +78,9 @@ def reset_caches() -> None:
     reset_settings()
     dispose_engines()
     storage._storage_for.cache_clear()
+    if "workers.runtime.serving" in sys.modules:  # loaded engines and predictors belong to the old data folder
+        sys.modules["workers.runtime.engines"].clear_engine_cache()
+        sys.modules["workers.runtime.serving"].PREDICTORS.clear()
 
 
 @pytest.fixture

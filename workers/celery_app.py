@@ -1,6 +1,11 @@
 """The Celery app. Messages carry a job id and nothing else (JSON only); a task is acknowledged after it
-finishes (``acks_late``) and re-queued when its worker dies (``task_reject_on_worker_lost``), one message
-at a time per process (prefetch 1), with a visibility timeout above the longest job."""
+finishes (``acks_late``), one message at a time per process (prefetch 1).
+
+Recovery does not rest on the broker: a running job holds a lease renewed by a heartbeat, and the reaper
+thread started in every worker's main process re-sends jobs whose lease expired or whose message was
+lost. On SIGTERM the worker drains: running jobs give themselves back to the queue at their next check
+(one batch) and resume from their last checkpoint or chunk elsewhere. Time limits sit below the broker's
+visibility timeout."""
 
 from __future__ import annotations
 
@@ -32,6 +37,9 @@ def make_celery() -> Celery:
             "unacked_restore_throttle": 1,
         },
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=settings.publish_timeout_s,
+        task_soft_time_limit=settings.job_soft_time_limit_s,
+        task_time_limit=settings.job_time_limit_s,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         enable_utc=True,

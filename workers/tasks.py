@@ -1,48 +1,69 @@
-"""Thin, id-based Celery tasks. Each loads its job row through ``run_job`` and calls a plain function."""
+"""Thin, id-based Celery tasks, one per job kind, and the worker's life cycle: the reaper thread in the
+main process, and the drain on SIGTERM.
+
+Each task claims its job row through ``run_job`` and calls the kind's body. A database outage while a job
+is claimed or recorded does not drop the message: the task is retried later (and the reaper recovers the
+job from its row in any case)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutting_down
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from core import jobs
+from core.settings import get_settings
 from workers.celery_app import app
+from workers.jobs import BODIES, body
+from workers.reaper import Reaper
 from workers.runner import run_job
 
+log = logging.getLogger(__name__)
 
-@app.task(name="tlserve.ingest")
-def ingest(job_id: str) -> None:
-    from workers.jobs.ingest import ingest_job
-
-    run_job(job_id, ingest_job)
+DB_DOWN = (DBAPIError, PoolTimeout)
 
 
-@app.task(name="tlserve.extract")
-def extract(job_id: str) -> None:
-    from workers.jobs.extract import extract_job
+def _task(kind: str) -> Any:
+    def run(self: Any, job_id: str) -> None:
+        try:
+            run_job(job_id, body(kind))
+        except DB_DOWN as exc:
+            raise self.retry(exc=exc, countdown=get_settings().reaper_interval_s, max_retries=None) from exc
 
-    run_job(job_id, extract_job)
-
-
-@app.task(name="tlserve.fit")
-def fit(job_id: str) -> None:
-    from workers.jobs.fit import fit_job
-
-    run_job(job_id, fit_job)
+    run.__name__ = run.__qualname__ = kind
+    return app.task(name=f"tlserve.{kind}", bind=True)(run)
 
 
-@app.task(name="tlserve.compare")
-def compare(job_id: str) -> None:
-    from workers.jobs.compare import compare_job
+TASKS = {kind: _task(kind) for kind in BODIES}
 
-    run_job(job_id, compare_job)
+_reaper: Reaper | None = None
 
 
-@app.task(name="tlserve.finetune")
-def finetune(job_id: str) -> None:
-    from workers.jobs.finetune import finetune_job
+@worker_ready.connect
+def _start_reaper(**_: object) -> None:
+    """The worker's main process runs the reaper, so jobs are recovered wherever workers run."""
+    global _reaper
+    _reaper = Reaper().start()
 
-    run_job(job_id, finetune_job)
 
-
-@app.task(name="tlserve.predict_batch")
-def predict_batch(job_id: str) -> None:
-    from workers.jobs.batch_predict import batch_predict_job
-
-    run_job(job_id, batch_predict_job)
+@worker_shutting_down.connect
+def _drain(**_: object) -> None:
+    """SIGTERM (warm shutdown): this worker's running jobs go back to the queue at their next check (one
+    batch); Celery waits for the tasks, which return as soon as their job is released, and a reaper
+    elsewhere sends the jobs again."""
+    if _reaper is not None:
+        _reaper.stop(timeout=1.0)
+    # the pool's children name their leases after their parent, this process (``runner.worker_name``)
+    prefix = os.environ.get("TLSERVE_WORKER_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        released = jobs.request_release(f"{prefix}/")
+    except Exception:  # the database is down: the leases lapse and a reaper recovers the jobs
+        log.warning("could not ask running jobs to drain", exc_info=True)
+        return
+    if released:
+        log.warning("worker draining: %d running job(s) go back to the queue", released)

@@ -27,6 +27,7 @@ ROUTES_MAY_USE = {
     "workers.runtime.serving",
     "workers.runtime.inference",
     "workers.ingest",  # uploads are checked in the API before they are stored
+    "workers.reaper",  # with memory:// jobs, and so their reaper, run in the API process
 }
 
 

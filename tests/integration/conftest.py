@@ -113,8 +113,6 @@ def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         "TLSERVE_DATA_DIR": str(root / "data"),
         "TLSERVE_DATABASE_URL": db_url,
         "TLSERVE_BROKER_URL": REDIS_URL,
-        "TLSERVE_VISIBILITY_TIMEOUT_S": "4",
-        "TLSERVE_BROKER_RESTORE_INTERVAL_S": "1",
         "PYTHONUNBUFFERED": "1",
     }
     _run(["migrate"], env)

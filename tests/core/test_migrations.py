@@ -1,0 +1,47 @@
+"""Each migration upgrades a database that holds data from the revision before it, on SQLite and
+PostgreSQL: users keep their rows across upgrades."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import create_engine, text
+
+from core.db import dispose_engines
+
+
+def test_0003_job_leases_keeps_jobs_and_marks_them_sent(db: str) -> None:
+    from core.migrate import downgrade, upgrade
+
+    downgrade(db, "0002")
+    dispose_engines()
+    created = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    engine = create_engine(db)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('tn_1', 'acme', :t)"), {"t": created})
+        for job_id, status in (("job_q", "queued"), ("job_d", "succeeded")):
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, tenant_id, kind, status, queue, params, progress, metrics, attempts,"
+                    " max_attempts, cancel_requested, created_at, updated_at) VALUES (:id, 'tn_1', 'ingest', :s,"
+                    " 'cpu', '{}', '{}', '{\"images\": 3}', 1, 3, false, :t, :t)"
+                ),
+                {"id": job_id, "s": status, "t": created},
+            )
+    upgrade(db)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, status, metrics, lease_owner, lease_expires_at, release_requested, enqueued_at"
+                " FROM jobs ORDER BY id"
+            )
+        ).all()
+    engine.dispose()
+    assert [(r.id, r.status, r.lease_owner, r.lease_expires_at, bool(r.release_requested)) for r in rows] == [
+        ("job_d", "succeeded", None, None, False),
+        ("job_q", "queued", None, None, False),
+    ]
+    assert all("images" in str(r.metrics) for r in rows)
+    for r in rows:
+        sent = r.enqueued_at if isinstance(r.enqueued_at, datetime) else datetime.fromisoformat(str(r.enqueued_at))
+        assert sent.replace(tzinfo=UTC) == created.replace(tzinfo=UTC)
