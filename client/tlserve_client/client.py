@@ -478,7 +478,7 @@ class Client:
             if resp.status_code < 400:
                 return resp
             error = _error_from(resp)
-            if retry and resp.status_code in RETRY_STATUSES and attempt < self.retries and error.retry_after:
+            if retry and resp.status_code in RETRY_STATUSES and attempt < self.retries and error.retry_after is not None:
                 attempt += 1
                 time.sleep(min(error.retry_after, 30.0))
                 continue
