@@ -478,9 +478,10 @@ class Client:
             if resp.status_code < 400:
                 return resp
             error = _error_from(resp)
-            if retry and resp.status_code in RETRY_STATUSES and attempt < self.retries and error.retry_after is not None:
+            retryable = retry and resp.status_code in RETRY_STATUSES and error.retry_after is not None
+            if retryable and attempt < self.retries:
                 attempt += 1
-                time.sleep(min(error.retry_after, 30.0))
+                time.sleep(min(error.retry_after or 0.0, 30.0))
                 continue
             raise error
 

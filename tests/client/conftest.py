@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from tests.integration.conftest import deployment  # noqa: F401 - the real service, for the end-to-end tests
+
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_DIR = ROOT / "client"
 if str(CLIENT_DIR) not in sys.path:

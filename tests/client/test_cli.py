@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-
-from tests.client.test_client import job, multipart, sse, write_class_folders
 from tlserve_client import Client
 from tlserve_client import cli as cli_module
+
+from tests.client.test_client import job, multipart, sse, write_class_folders
 
 DATASET = {
     "id": "ds_1",
@@ -60,7 +60,9 @@ class FakeAPI:
         method, path = request.method, request.url.path
         self.requests.append((method, path))
         if request.headers.get("authorization") != "Bearer tls_good_key":
-            return httpx.Response(401, json={"error": {"code": "unauthorized", "message": "missing or invalid API key"}})
+            return httpx.Response(
+                401, json={"error": {"code": "unauthorized", "message": "missing or invalid API key"}}
+            )
         if (method, path) == ("POST", "/v1/datasets"):
             self.bodies.append(multipart(request))
             return httpx.Response(202, json={"id": "ds_1", "job_id": "job_1", "status": "processing", "version": 1})
@@ -89,7 +91,9 @@ class FakeAPI:
             self.bodies.append(multipart(request))
             return httpx.Response(202, json={"job_id": "job_3", "status": "queued"})
         if (method, path) == ("GET", "/v1/models/m_1/predictions/job_3"):
-            return httpx.Response(200, json={"predictions": [{"file": "x.png", "label": "0", "score": 0.6, "top_k": []}]})
+            return httpx.Response(
+                200, json={"predictions": [{"file": "x.png", "label": "0", "score": 0.6, "top_k": []}]}
+            )
         if (method, path) == ("GET", "/v1/jobs"):
             return httpx.Response(200, json=[job("succeeded")])
         return httpx.Response(404, json={"error": {"code": "not_found", "message": f"no such thing: {path}"}})

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from tlserve_client import APIError, BadPath, Client, JobFailed, JobTimeout, ServiceUnreachable
 
 from tests.ingest.factories import digit, encode
-from tlserve_client import APIError, BadPath, Client, JobFailed, JobTimeout, ServiceUnreachable
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
