@@ -23,12 +23,14 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from tlserve_client.archive import image_files, is_zip
 from tlserve_client.client import MAX_SYNC_FILES, Client
@@ -183,6 +185,19 @@ def _follow(job_id: str, label: str) -> dict[str, Any]:
     return dict(job)
 
 
+class _FilesOrBytes(ProgressColumn):
+    """``3/10 files`` for the zipping task, bytes sent and the rate for the upload."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bytes, self._speed = DownloadColumn(), TransferSpeedColumn()
+
+    def render(self, task: Any) -> Text:
+        if task.fields.get("unit") == "files":
+            return Text(f"{int(task.completed)}/{int(task.total or 0)} files")
+        return Text.assemble(self._bytes.render(task), " ", self._speed.render(task))
+
+
 # --- the commands --------------------------------------------------------------------------------------------
 
 
@@ -217,13 +232,13 @@ def datasets_upload(
     if path.is_file() and not is_zip(path) and path.suffix.lower() != ".csv":
         fail(f"{path} is neither a zip nor a labels.csv: give a folder of class folders, a zip or a labels.csv")
     client = _client()
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    columns = (TextColumn("{task.description:<6}"), BarColumn(), _FilesOrBytes())
     with Progress(*columns, console=console, transient=False) as progress:
-        zipping = progress.add_task("zip", total=None, visible=False)
+        zipping = progress.add_task("zip", total=None, visible=False, unit="files")
         sending = progress.add_task("upload", total=None)
 
         def on_zip(done: int, total: int) -> None:
-            progress.update(zipping, description=f"zip {done}/{total} files", visible=True)
+            progress.update(zipping, completed=done, total=total, visible=True)
 
         def on_upload(sent: int, total: int) -> None:
             progress.update(sending, completed=sent, total=total)

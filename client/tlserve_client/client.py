@@ -454,8 +454,14 @@ class Client:
         return self.jobs.wait(job_id, timeout=timeout, on_event=on_event)
 
     def health(self) -> dict[str, Any]:
+        """``/healthz``: ``{"status": "ok"|"degraded", "checks": {...}}`` (also while degraded, a 503)."""
         resp = self._send("GET", "/healthz")
-        return resp.json()
+        try:
+            return resp.json()
+        except ValueError:
+            raise APIError(
+                "bad_response", f"/healthz answered non-JSON: {resp.text[:200]!r}", resp.status_code
+            ) from None
 
     # --- transport -------------------------------------------------------------------------------------------
 
