@@ -21,7 +21,7 @@ sys.path.insert(1, str(ROOT / "client"))  # the client distribution, also when i
 
 from tlserve_client import Client, TLServeError  # noqa: E402
 
-from core.sample_data import default_source, iter_labelled_pngs  # noqa: E402
+from core.sample_data import default_source, iter_labelled_pngs, write_class_folders  # noqa: E402
 
 
 def _redis_up(url: str) -> bool:
@@ -62,18 +62,9 @@ def _job_ok(client: Client, job_id: str, what: str) -> dict[str, Any]:
     return job
 
 
-def _write_folder(source: str, per_class: int, root: Path) -> Path:
-    """Real images as a user has them: one sub-folder per class."""
-    folder = root / source
-    for name, label, data in iter_labelled_pngs(source, per_class):
-        (folder / label).mkdir(parents=True, exist_ok=True)
-        (folder / label / name).write_bytes(data)
-    return folder
-
-
 def upload(client: Client, source: str, per_class: int, workdir: Path) -> str:
     print(f"\n1. Upload {per_class} real images per class from '{source}': a folder with one sub-folder per class")
-    folder = _write_folder(source, per_class, workdir / "images")
+    folder = write_class_folders(source, per_class, workdir / "images" / source)
     t0 = time.perf_counter()
     created = client.datasets.upload(folder, name=f"{source}-demo", test_fraction=0.25, val_fraction=0.1, seed=0)
     _job_ok(client, created["job_id"], "ingest")
