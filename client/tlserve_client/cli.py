@@ -540,10 +540,16 @@ def predict(model_id: str, paths: tuple[Path, ...], top_k: int, fmt: str, batch_
     files = image_files(paths)
     client = _client()
     if len(files) > batch_over:
-        accepted = client.models.start_batch(model_id, [f for f, _ in files], top_k)
-        _console(err=True).print(f"{len(files)} images: batch-prediction job {accepted['job_id']}")
-        _follow(accepted["job_id"], "predict")
-        rows = [dict(r) for r in client.models.batch_results(model_id, accepted["job_id"])]
+        console = _console(err=True)
+
+        def started(accepted: dict[str, Any]) -> None:
+            console.print(f"{len(files)} images: batch-prediction job {accepted['job_id']}")
+
+        with job_progress("predict") as on_event:
+            found = client.models.predict_batch(
+                model_id, [name for _, name in files], top_k, on_event=on_event, on_start=started
+            )
+        rows = [dict(r) for r in found]
     else:
         rows = [dict(r) for r in client.models.predict(model_id, [str(f) for f, _ in files], top_k)]
     _print_predictions(rows, fmt)

@@ -311,29 +311,36 @@ class Models(_Resource):
     def start_batch(self, model_id: str, images: Sequence[Any] | str | os.PathLike[str], top_k: int = 3) -> Accepted:
         """Start a batch-prediction job: ``images`` is a zip file, or paths/folders/bytes/PIL images that
         are zipped into a temporary file first. Returns ``{"job_id", "status"}``."""
+        return self._start_batch(model_id, images, top_k)[0]
+
+    def _start_batch(self, model_id: str, images: Any, top_k: int) -> tuple[Accepted, dict[str, str]]:
+        names: dict[str, str] = {}  # name in the zip -> the name the caller gave
         if isinstance(images, str | os.PathLike) and Path(images).is_file() and is_zip(Path(images)):
             fh: IO[bytes] = Path(images).open("rb")  # noqa: SIM115 - closed below
         else:
-            fh = self._zip_images(images)
+            fh, names = self._zip_images(images)
         with fh:
             files = {"archive": ("images.zip", fh, "application/zip")}
             form = {"top_k": str(top_k)}
-            return cast(Accepted, self._c._json("POST", f"/v1/models/{model_id}/predictions", files=files, data=form))
+            path = f"/v1/models/{model_id}/predictions"
+            return cast(Accepted, self._c._json("POST", path, files=files, data=form)), names
 
     @staticmethod
-    def _zip_images(images: Any) -> IO[bytes]:
+    def _zip_images(images: Any) -> tuple[IO[bytes], dict[str, str]]:
         items = [images] if isinstance(images, str | os.PathLike) else list(images)
         paths = [i for i in items if isinstance(i, str | os.PathLike)]
         others = [i for i in items if not isinstance(i, str | os.PathLike)]
-        members = [(f, _safe_member(name)) for f, name in image_files(paths)] if paths else []
-        fh = zip_to_tempfile(members)
+        found = image_files(paths) if paths else []
+        names = {_safe_member(name): name for _, name in found}
+        fh = zip_to_tempfile([(f, _safe_member(name)) for f, name in found])
         if others:
             with zipfile.ZipFile(fh, "a") as zf:
                 for i, image in enumerate(others):
                     name, data = as_upload(image, i)
+                    names[_safe_member(name)] = name
                     zf.writestr(_safe_member(name), data)
             fh.seek(0)
-        return fh
+        return fh, names
 
     def batch_results(self, model_id: str, job_id: str) -> list[Prediction]:
         body = self._c._json("GET", f"/v1/models/{model_id}/predictions/{job_id}", params={"format": "json"})
@@ -350,11 +357,18 @@ class Models(_Resource):
         top_k: int = 3,
         timeout: float | None = None,
         on_event: EventCallback | None = None,
+        on_start: Callable[[Accepted], None] | None = None,
     ) -> list[Prediction]:
-        """Predict a large set through a batch-prediction job: start it, wait for it, fetch its results."""
-        accepted = self.start_batch(model_id, images, top_k)
+        """Predict a large set through a batch-prediction job: start it, wait for it, fetch its results
+        (each ``file`` named as the caller gave it). ``on_start`` hears the job id as soon as it exists."""
+        accepted, names = self._start_batch(model_id, images, top_k)
+        if on_start is not None:
+            on_start(accepted)
         self._c.jobs.wait(accepted["job_id"], timeout=timeout, on_event=on_event)
-        return self.batch_results(model_id, accepted["job_id"])
+        rows = self.batch_results(model_id, accepted["job_id"])
+        for row in rows:
+            row["file"] = names.get(row.get("file", ""), row.get("file", ""))
+        return rows
 
     def compare(
         self,

@@ -277,6 +277,7 @@ def test_predict_batch_zips_the_images_runs_the_job_and_fetches_its_results(tmp_
         rows = client.models.predict_batch("m", [folder])
     assert len(members) == 3 and all(m.endswith(".png") and not m.startswith("/") for m in members)
     assert [r["label"] for r in rows] == ["4", "4", "4"]
+    assert [r["file"] for r in rows] == sorted(p.as_posix() for p in folder.rglob("*.png"))  # the names given
 
 
 def test_features_from_the_cache_need_no_wait() -> None:

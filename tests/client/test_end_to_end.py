@@ -143,6 +143,7 @@ def test_command_line_folder_to_prediction(deployment, image_folder: Path, new_i
     assert big.returncode == 0, big.stderr
     lines = big.stdout.strip().splitlines()
     assert lines[0] == "file,label,score,top_k,error" and len(lines) == 1 + len(files)  # predictions only
+    assert sorted(line.split(",", 1)[0] for line in lines[1:]) == files  # named as given, also from the batch job
     assert "batch-prediction job" in big.stderr
 
     # the server's tlserve mounts the same commands
