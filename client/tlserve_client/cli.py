@@ -65,10 +65,11 @@ class OneLineGroup(click.Group):
             fail(f"{e.format_message()}{where}", e.exit_code)
         except click.ClickException as e:
             fail(e.format_message(), e.exit_code)
-        except click.Abort:
-            fail("interrupted", 130)
-        except KeyboardInterrupt:
-            fail("interrupted", 130)
+        except (click.Abort, KeyboardInterrupt):
+            fail(
+                "interrupted (a job already started goes on: 'jobs watch ID' follows it, 'jobs cancel ID' stops it)",
+                130,
+            )
         except TLServeError as e:
             fail(str(e))
         except OSError as e:
@@ -707,7 +708,7 @@ def login(login_url: str | None, login_key: str | None, verify: bool) -> None:
         key = click.prompt("API key", hide_input=True)
     if verify:
         with Client(url, key) as client:
-            client.jobs.list()  # any authenticated read: a wrong key is a 401 here
+            client.check()  # a wrong key is a 401 here, and nothing is stored
     path = save_config({"url": url.rstrip("/"), "api_key": key})
     click.echo(f"saved the URL and key for {url} in {path} (mode 0600)", err=True)
 

@@ -467,6 +467,10 @@ class Client:
     def wait(self, job_id: str, timeout: float | None = None, on_event: EventCallback | None = None) -> Job:
         return self.jobs.wait(job_id, timeout=timeout, on_event=on_event)
 
+    def check(self) -> None:
+        """One cheap authenticated request: ``APIError`` 401 for a wrong key, ``ServiceUnreachable`` if down."""
+        self._request("GET", "/v1/jobs", params={"limit": 1})
+
     def health(self) -> dict[str, Any]:
         """``/healthz``: ``{"status": "ok"|"degraded", "checks": {...}}`` (also while degraded, a 503)."""
         resp = self._send("GET", "/healthz")

@@ -1,5 +1,5 @@
 """An application that only talks to a remote service must not pay for torch: importing the client and
-running its command line load no torch, numpy or Pillow."""
+running its command line load no torch, numpy or Pillow, and nothing of the server's packages."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from tests.client.conftest import ROOT, subprocess_env
 
 HEAVY = ("torch", "numpy", "PIL", "onnxruntime", "sklearn")
+OURS = ("core", "service", "workers", "classifiers")  # the client talks to the service over HTTP only
 
 _PROBE = """
 import atexit, json, sys
@@ -22,7 +23,7 @@ atexit.register(lambda: print("LOADED=" + json.dumps(sorted({{m.split('.')[0] fo
 
 
 def _loaded(body: str) -> tuple[list[str], subprocess.CompletedProcess]:
-    code = _PROBE.format(heavy=HEAVY, body=body)
+    code = _PROBE.format(heavy=HEAVY + OURS, body=body)
     out = subprocess.run(
         [sys.executable, "-c", code], env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=120
     )
