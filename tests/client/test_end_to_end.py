@@ -132,6 +132,15 @@ def test_command_line_folder_to_prediction(deployment, image_folder: Path, new_i
     show = cli(deployment, "models", "show", model_id)
     assert show.returncode == 0 and "confusion matrix" in show.stdout and "macro-F1" in show.stdout
 
+    tuned = cli(
+        deployment, "models", "train", "--dataset", dataset_id, "--epochs", "1", "--unfreeze", "head",
+        "--batch-size", "16", "--wait",
+    )  # fmt: skip
+    tuned_id = last_line(tuned)
+    assert tuned_id.startswith("m") and tuned_id != model_id
+    assert "train loss" in tuned.stderr  # the per-epoch table, a row as each epoch ends
+    assert any(line.split()[:1] == ["1"] for line in tuned.stderr.splitlines())
+
     files = sorted(str(p) for p in new_images.iterdir())
     out = cli(deployment, "predict", model_id, files[0], files[1], "--format", "json")
     assert out.returncode == 0, out.stderr
