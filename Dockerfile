@@ -6,7 +6,8 @@ COPY core ./core
 COPY service ./service
 COPY workers ./workers
 COPY classifiers ./classifiers
-RUN pip install .
+COPY client ./client
+RUN pip install ./client .
 ENV TLSERVE_DATA_DIR=/data
 VOLUME ["/data"]
 EXPOSE 8000

@@ -8,10 +8,10 @@ PORT ?= 8000
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e ./client -e '.[dev]'
 	touch $@
 
 # Real images from a Debian package (Fashion-MNIST); the demo falls back to scikit-learn's digits without it.

@@ -97,3 +97,25 @@ def class_folder_zip(source: str, per_class: int, seed: int = 0, root: str | Non
 
 def default_source() -> str:
     return "fashion" if fashion_available() else "digits"
+
+
+def write_class_folders(source: str, per_class: int, root: Path, seed: int = 0) -> Path:
+    """Real images as a person keeps them: ``root/<class>/<file>.png``; returns ``root``."""
+    root = Path(root)
+    for name, label, data in iter_labelled_pngs(source, per_class, seed):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        (root / label / name).write_bytes(data)
+    return root
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write real labelled images into one sub-folder per class.")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--source", choices=["fashion", "digits"], default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out = write_class_folders(args.source or default_source(), args.per_class, args.folder, args.seed)
+    print(f"{sum(1 for p in out.rglob('*.png'))} images in {out}")

@@ -10,8 +10,8 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.errors import InvalidInput, Unauthorized
-from core.tables import ApiKey, Tenant
+from core.errors import InvalidInput, NotFound, Unauthorized
+from core.tables import ApiKey, Tenant, utcnow
 
 KEY_PREFIX = "tls"
 
@@ -54,3 +54,35 @@ def authenticate(session: Session, key: str | None) -> str:
     if row is None or not hmac.compare_digest(row.key_hash, _digest(key)):
         raise failure
     return row.tenant_id
+
+
+def list_api_keys(session: Session, tenant_name: str | None = None) -> list[dict[str, object]]:
+    """Every key's public part (never its secret or hash), oldest first; optionally of one tenant."""
+    query = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id).order_by(ApiKey.created_at)
+    if tenant_name is not None:
+        query = query.where(Tenant.name == tenant_name.strip())
+    return [
+        {
+            "id": key.id,
+            "tenant": name,
+            "prefix": f"{KEY_PREFIX}_{key.prefix}_",
+            "created_at": key.created_at.isoformat() if key.created_at else None,
+            "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+        }
+        for key, name in session.execute(query)
+    ]
+
+
+def revoke_api_key(session: Session, key_ref: str) -> ApiKey:
+    """Revoke a key by its id (``key_...``) or its public prefix (``tls_<prefix>_`` or the bare prefix);
+    it stops authenticating at once. Revoking a revoked key keeps its first revocation time."""
+    ref = key_ref.strip()
+    parts = ref.split("_")
+    prefix = parts[1] if len(parts) >= 2 and parts[0] == KEY_PREFIX else ref
+    row = session.scalar(select(ApiKey).where((ApiKey.id == ref) | (ApiKey.prefix == prefix)))
+    if row is None:
+        raise NotFound(f"no API key {key_ref!r}: give a key id (key_...) or prefix from 'tlserve keys list'")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
+    return row

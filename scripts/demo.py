@@ -1,11 +1,10 @@
 """The main job, for real: start tlserve (API + worker) on this machine and drive it over HTTP as an
-application would, on real images shipped by a package (Fashion-MNIST from Debian, else scikit-learn's
-digits). Run with ``make demo``."""
+application would, with the Python client (``tlserve_client``), on real images shipped by a package
+(Fashion-MNIST from Debian, else scikit-learn's digits). Run with ``make demo``."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -16,12 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "client"))  # the client distribution, also when it is not installed
 
-from core.sample_data import class_folder_zip, default_source, iter_labelled_pngs  # noqa: E402
+from tlserve_client import Client, TLServeError  # noqa: E402
+
+from core.sample_data import default_source, iter_labelled_pngs, write_class_folders  # noqa: E402
 
 
 def _redis_up(url: str) -> bool:
@@ -41,48 +41,34 @@ def _cli(args: list[str], env: dict[str, str]) -> str:
     return out.stdout
 
 
-def _follow(client: httpx.Client, job_id: str, what: str) -> dict[str, Any]:
+def _follow(client: Client, job_id: str, what: str) -> dict[str, Any]:
     """Print a job's progress from its server-sent events (each stage once, and its end) until it finishes."""
     shown: set[tuple[str, str, bool]] = set()
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=None) as resp:
-        for line in resp.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            job = json.loads(line[6:])
-            p = job["progress"]
-            stage, done, total = p.get("stage", ""), p.get("done", 0), p.get("total", 0)
-            mark = (job["status"], stage if stage != "epoch" else f"epoch{done}", bool(total) and done >= total)
-            if mark not in shown:
-                shown.add(mark)
-                print(f"  [{what}] {job['status']:<9} {stage:<9} {done}/{total}", flush=True)
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                return job
-    raise RuntimeError(f"event stream of job {job_id} ended early")
+    job: dict[str, Any] = {}
+    for job in client.jobs.events(job_id):
+        p = job["progress"]
+        stage, done, total = p.get("stage", ""), p.get("done", 0), p.get("total", 0)
+        mark = (job["status"], stage if stage != "epoch" else f"epoch{done}", bool(total) and done >= total)
+        if mark not in shown:
+            shown.add(mark)
+            print(f"  [{what}] {job['status']:<9} {stage:<9} {done}/{total}", flush=True)
+    return job
 
 
-def _check(resp: httpx.Response) -> dict[str, Any]:
-    if resp.status_code >= 400:
-        raise SystemExit(f"request failed: {resp.status_code} {resp.text}")
-    return resp.json()
-
-
-def _job_ok(client: httpx.Client, job_id: str, what: str) -> dict[str, Any]:
+def _job_ok(client: Client, job_id: str, what: str) -> dict[str, Any]:
     job = _follow(client, job_id, what)
     if job["status"] != "succeeded":
         raise SystemExit(f"{what} failed: {job['error']}")
     return job
 
 
-def upload(client: httpx.Client, source: str, per_class: int) -> str:
-    print(f"\n1. Upload {per_class} real images per class from '{source}' as a zip (one folder per class)")
-    archive = class_folder_zip(source, per_class=per_class, root=source)
+def upload(client: Client, source: str, per_class: int, workdir: Path) -> str:
+    print(f"\n1. Upload {per_class} real images per class from '{source}': a folder with one sub-folder per class")
+    folder = write_class_folders(source, per_class, workdir / "images" / source)
     t0 = time.perf_counter()
-    form = {"name": f"{source}-demo", "test_fraction": "0.25", "val_fraction": "0.1", "seed": "0"}
-    created = _check(
-        client.post("/v1/datasets", data=form, files={"archive": (f"{source}.zip", archive, "application/zip")})
-    )
+    created = client.datasets.upload(folder, name=f"{source}-demo", test_fraction=0.25, val_fraction=0.1, seed=0)
     _job_ok(client, created["job_id"], "ingest")
-    dataset = _check(client.get(f"/v1/datasets/{created['id']}"))
+    dataset = client.datasets.get(created["id"])
     n, seconds = dataset["num_images"], time.perf_counter() - t0
     print(f"   dataset {dataset['id']} v{dataset['version']}: {n} images in {seconds:.1f}s")
     print(f"   classes: {dataset['classes']}")
@@ -93,9 +79,9 @@ def upload(client: httpx.Client, source: str, per_class: int) -> str:
     return created["id"]
 
 
-def features(client: httpx.Client, dataset_id: str, backbone: str) -> None:
+def features(client: Client, dataset_id: str, backbone: str, workdir: Path) -> None:
     print(f"\n2. Extract {backbone} features of every image (a job), then ask again (the cache answers)")
-    first = _check(client.post("/v1/features", json={"dataset_id": dataset_id, "backbone": backbone}))
+    first = client.features.extract(dataset_id, backbone)
     job = _job_ok(client, first["job_id"], "extract")
     m = job["metrics"]
     print(
@@ -103,22 +89,17 @@ def features(client: httpx.Client, dataset_id: str, backbone: str) -> None:
         f"engine {m['engine_used']})"
     )
     t0 = time.perf_counter()
-    again = client.post("/v1/features", json={"dataset_id": dataset_id, "backbone": backbone})
-    print(
-        f"   second request: HTTP {again.status_code}, cached={again.json()['cached']}, "
-        f"{(time.perf_counter() - t0) * 1000:.0f} ms"
-    )
-    npz = client.get(f"/v1/features/{first['id']}/download", params={"format": "npz"})
-    print(f"   download: {len(npz.content) / 1e6:.1f} MB npz (features, labels, image_ids)")
+    again = client.features.extract(dataset_id, backbone)
+    print(f"   second request: cached={again['cached']}, {(time.perf_counter() - t0) * 1000:.0f} ms")
+    npz = client.features.download(first["id"], workdir)
+    print(f"   download: {npz.stat().st_size / 1e6:.1f} MB npz (features, labels, image_ids)")
 
 
-def linear_probe(client: httpx.Client, dataset_id: str, backbone: str) -> dict[str, Any]:
+def linear_probe(client: Client, dataset_id: str, backbone: str) -> dict[str, Any]:
     print("\n3. Linear probe: a logistic head on the cached features, C chosen by cross-validation")
-    created = _check(
-        client.post("/v1/models", json={"dataset_id": dataset_id, "backbone": backbone, "strategy": "linear_probe"})
-    )
+    created = client.models.train(dataset_id, backbone, strategy="linear_probe")
     job = _job_ok(client, created["job_id"], "fit")
-    model = _check(client.get(f"/v1/models/{created['id']}"))
+    model = client.models.get(created["id"])
     _print_metrics(
         model,
         f"forward passes this job: {job['metrics']['forward_images']}, "
@@ -135,31 +116,26 @@ def _print_metrics(model: dict[str, Any], extra: str) -> None:
     )
 
 
-def predict(client: httpx.Client, model: dict[str, Any], source: str) -> None:
+def predict(client: Client, model: dict[str, Any], source: str) -> None:
     print("\n4. Predict: new images (not in the dataset) and one broken file, over HTTP")
     fresh = [(name, label, data) for name, label, data in iter_labelled_pngs(source, 1, seed=12345)][:5]
-    files = [("files", (name, data, "image/png")) for name, _, data in fresh]
-    files.append(("files", ("broken.png", b"this is not an image", "image/png")))
+    images = [(name, data) for name, _, data in fresh] + [("broken.png", b"this is not an image")]
     t0 = time.perf_counter()
-    out = _check(client.post(f"/v1/models/{model['id']}/predict", files=files, data={"top_k": "3"}))
+    rows = client.predict(model["id"], images, top_k=3)
     ms = (time.perf_counter() - t0) * 1000
     truth = {name: label for name, label, _ in fresh}
-    for p in out["predictions"]:
+    for p in rows:
         if "error" in p:
             print(f"   {p['file']:<22} error: {p['error']}")
         else:
             print(f"   {p['file']:<22} -> {p['label']:<11} ({p['score']:.2f})  truth: {truth[p['file']]}")
-    print(f"   {len(files)} files in {ms:.0f} ms")
+    print(f"   {len(images)} files in {ms:.0f} ms")
 
 
-def compare(client: httpx.Client, dataset_id: str, backbones: list[str]) -> None:
+def compare(client: Client, dataset_id: str, backbones: list[str]) -> None:
     print(f"\n5. Which backbone transfers best to this data? {backbones}")
-    job = _check(
-        client.post(
-            "/v1/compare", json={"dataset_id": dataset_id, "backbones": backbones, "allow_random_weights": True}
-        )
-    )
-    done = _job_ok(client, job["job_id"], "compare")
+    job = client.models.compare(dataset_id, backbones, allow_random_weights=True)
+    done = _job_ok(client, job["id"], "compare")
     for row in done["metrics"]["leaderboard"]:
         print(
             f"   #{row['rank']} {row['backbone']:<20} test acc {row['test_accuracy']:.3f}  "
@@ -168,34 +144,23 @@ def compare(client: httpx.Client, dataset_id: str, backbones: list[str]) -> None
         )
 
 
-def finetune(client: httpx.Client, dataset_id: str, backbone: str, epochs: int) -> None:
+def finetune(client: Client, dataset_id: str, backbone: str, epochs: int) -> None:
     print(f"\n6. Fine-tune {backbone}: new head, last stage unfrozen, flips + crops, {epochs} epochs")
-    body = {
-        "dataset_id": dataset_id,
-        "backbone": backbone,
-        "strategy": "finetune",
-        "finetune": {
-            "epochs": epochs,
-            "unfreeze": "last:1",
-            "augment": ["hflip", "crop"],
-            "lr": 1e-3,
-            "batch_size": 32,
-        },
-    }
-    created = _check(client.post("/v1/models", json=body))
+    settings = {"epochs": epochs, "unfreeze": "last:1", "augment": ["hflip", "crop"], "lr": 1e-3, "batch_size": 32}
+    created = client.models.train(dataset_id, backbone, strategy="finetune", finetune=settings)
     job = _job_ok(client, created["job_id"], "finetune")
     for row in job["metrics"]["history"]:
         print(
             f"   epoch {row['epoch']}: train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} | "
             f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} ({row['seconds']:.1f}s)"
         )
-    model = _check(client.get(f"/v1/models/{created['id']}"))
+    model = client.models.get(created["id"])
     _print_metrics(model, f"best epoch {job['metrics']['best_epoch']}, {job['metrics']['data_path']} data path")
 
 
-def run(client: httpx.Client, source: str, per_class: int, epochs: int) -> None:
-    dataset_id = upload(client, source, per_class)
-    features(client, dataset_id, "efficientnet_lite0")
+def run(client: Client, source: str, per_class: int, epochs: int, workdir: Path) -> None:
+    dataset_id = upload(client, source, per_class, workdir)
+    features(client, dataset_id, "efficientnet_lite0", workdir)
     model = linear_probe(client, dataset_id, "efficientnet_lite0")
     predict(client, model, source)
     compare(client, dataset_id, ["efficientnet_lite0", "mobilenet_v3_small"])
@@ -228,19 +193,23 @@ def main() -> int:
     )
     base = f"http://127.0.0.1:{args.port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
+        with Client(base, key, timeout=600) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    health = client.health()
+                    if health.get("status") == "ok":
+                        break
+                except TLServeError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("tlserve did not start; see its output above")
+                time.sleep(0.3)
+            print(f"tlserve is up at {base}: {health}")
             try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("tlserve did not start; see its output above")
-            time.sleep(0.3)
-        print(f"tlserve is up at {base}: {httpx.get(f'{base}/healthz').json()}")
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=600) as client:
-            run(client, args.source or default_source(), args.per_class, args.epochs)
+                run(client, args.source or default_source(), args.per_class, args.epochs, data_dir / "client")
+            except TLServeError as e:
+                raise SystemExit(f"request failed: {e}") from None
         print("\ndemo finished")
         return 0
     finally:

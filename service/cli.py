@@ -1,27 +1,35 @@
-"""The ``tlserve`` command: ``up`` (API and worker together), ``api``, ``worker``, ``keys create``,
-``migrate``. Settings come from the environment (``TLSERVE_*``)."""
+"""The ``tlserve`` command: ``up`` (API and worker together), ``api``, ``worker``, ``keys create|list|revoke``,
+``migrate``, and the client's commands (``datasets``, ``features``, ``models``, ``predict``, ``compare``,
+``jobs``, ``backbones``, ``login``) from the ``tlserve-client`` distribution. Server settings come from the
+environment (``TLSERVE_*``); the client commands read ``TLSERVE_URL`` and ``TLSERVE_API_KEY``."""
 
 from __future__ import annotations
 
-import argparse
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 
+import click
+
 from core.settings import get_settings
 
 log = logging.getLogger("tlserve")
 
+try:  # the client distribution (``pip install -e ./client``; ``make install`` does it)
+    from tlserve_client import cli as client_cli
+except ImportError:  # pragma: no cover - a server installed without the client keeps its own commands
+    client_cli = None
 
-def _migrate(_: argparse.Namespace) -> int:
+
+def _migrate() -> None:
     from core.migrate import upgrade
 
     settings = get_settings()
     upgrade(settings.resolved_database_url)
     print(f"database is up to date: {_redact(settings.resolved_database_url)}")
-    return 0
 
 
 def _redact(url: str) -> str:
@@ -31,17 +39,16 @@ def _redact(url: str) -> str:
     return url
 
 
-def _keys_create(args: argparse.Namespace) -> int:
+def _keys_create(tenant: str) -> None:
     from core.db import session_scope
     from core.migrate import upgrade
     from core.tenancy import create_api_key
 
     upgrade(get_settings().resolved_database_url)
     with session_scope() as s:
-        key = create_api_key(s, args.tenant)
-    print(f"created an API key for tenant {args.tenant!r}; it is shown only once:", file=sys.stderr)
+        key = create_api_key(s, tenant)
+    print(f"created an API key for tenant {tenant!r}; it is shown only once:", file=sys.stderr)
     print(key)
-    return 0
 
 
 def _serve_api(host: str, port: int) -> None:
@@ -52,11 +59,6 @@ def _serve_api(host: str, port: int) -> None:
     uvicorn.run(create_app(), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 
 
-def _api(args: argparse.Namespace) -> int:
-    _serve_api(args.host, args.port)
-    return 0
-
-
 def _worker_argv(queues: str, concurrency: int | None) -> list[str]:
     argv = ["worker", "--queues", queues, "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
     if concurrency:
@@ -64,7 +66,7 @@ def _worker_argv(queues: str, concurrency: int | None) -> list[str]:
     return argv
 
 
-def _worker(args: argparse.Namespace) -> int:
+def _worker(queues: str, concurrency: int | None) -> int:
     settings = get_settings()
     if settings.broker_is_memory:
         print(
@@ -75,86 +77,165 @@ def _worker(args: argparse.Namespace) -> int:
         return 2
     from workers.celery_app import app
 
-    app.worker_main(_worker_argv(args.queues, args.concurrency))
+    app.worker_main(_worker_argv(queues, concurrency))
     return 0
 
 
-def _up(args: argparse.Namespace) -> int:
+def _start_worker_process(queues: str, concurrency: int | None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker", "--queues", queues, "--concurrency", str(concurrency or 1)],
+        env=os.environ.copy(),
+    )
+
+
+def _stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _up(host: str, port: int, queues: str, concurrency: int | None) -> int:
+    """Migrate, then the API in this process and (with a real broker) a Celery worker beside it."""
     settings = get_settings()
-    _migrate(args)
+    _migrate()
     banner = "=" * 72
     if settings.broker_is_memory:
         print(
             f"{banner}\n tlserve up: broker memory:// -> jobs run INSIDE this process (no Redis needed)\n{banner}",
             flush=True,
         )
-        _serve_api(args.host, args.port)
+        _serve_api(host, port)
         return 0
     print(
         f"{banner}\n tlserve up: broker {_redact(settings.broker_url)} -> starting a Celery worker "
-        f"(queues {args.queues}) beside the API\n{banner}",
+        f"(queues {queues}) beside the API\n{banner}",
         flush=True,
     )
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "worker",
-            "--queues",
-            args.queues,
-            "--concurrency",
-            str(args.concurrency or 1),
-        ],
-        env=os.environ.copy(),
-    )
+    helpers = [_start_worker_process(queues, concurrency)]
     try:
-        _serve_api(args.host, args.port)
+        _serve_api(host, port)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for proc in helpers:
+            _stop_process(proc)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tlserve", description="Self-hosted transfer-learning service")
-    sub = parser.add_subparsers(dest="command", required=True)
+SERVER_COMMANDS = frozenset({"up", "api", "worker", "keys", "migrate"})
 
-    up = sub.add_parser("up", help="run the API and a worker together on this machine")
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--port", type=int, default=8000)
-    up.add_argument("--queues", default="cpu,gpu")
-    up.add_argument("--concurrency", type=int, default=None)
-    up.set_defaults(func=_up)
 
-    api = sub.add_parser("api", help="run the API server")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
-    api.set_defaults(func=_api)
+def _server_group() -> type[click.Group]:
+    return client_cli.OneLineGroup if client_cli is not None else click.Group
 
-    worker = sub.add_parser("worker", help="run a Celery worker")
-    worker.add_argument("--queues", default="cpu", help="comma-separated: cpu, gpu")
-    worker.add_argument("--concurrency", type=int, default=None, help="worker processes (default: CPU count)")
-    worker.set_defaults(func=_worker)
 
-    keys = sub.add_parser("keys", help="manage API keys")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create an API key (printed alone on the last line)")
-    create.add_argument("--tenant", required=True)
-    create.set_defaults(func=_keys_create)
+def _with_connection(f):  # the client commands' --url/--api-key, when the client is installed
+    return client_cli.connection_options(f) if client_cli is not None else f
 
-    migrate = sub.add_parser("migrate", help="apply database migrations")
-    migrate.set_defaults(func=_migrate)
-    return parser
+
+@click.group("tlserve", cls=_server_group(), context_settings={"help_option_names": ["-h", "--help"]})
+@_with_connection
+@click.pass_context
+def cli(ctx: click.Context, **connection: str | None) -> None:
+    """Self-hosted transfer-learning service: run it (up, api, worker, keys, migrate) and use it
+    (datasets, features, models, predict, compare, jobs)."""
+    if ctx.invoked_subcommand in SERVER_COMMANDS:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if client_cli is not None:
+        client_cli.init_connection(ctx, connection.get("url"), connection.get("api_key"))
+
+
+@cli.command("up")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--queues", default="cpu,gpu", show_default=True)
+@click.option("--concurrency", type=int, default=None)
+def up(host: str, port: int, queues: str, concurrency: int | None) -> None:
+    """Run the API and a worker together on this machine."""
+    sys.exit(_up(host, port, queues, concurrency))
+
+
+@cli.command("api")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+def api(host: str, port: int) -> None:
+    """Run the API server."""
+    _serve_api(host, port)
+
+
+@cli.command("worker")
+@click.option("--queues", default="cpu", show_default=True, help="comma-separated: cpu, gpu")
+@click.option("--concurrency", type=int, default=None, help="worker processes (default: CPU count)")
+def worker(queues: str, concurrency: int | None) -> None:
+    """Run a Celery worker."""
+    sys.exit(_worker(queues, concurrency))
+
+
+@cli.group("keys")
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True)
+def keys_create(tenant: str) -> None:
+    """Create an API key (printed alone on the last line)."""
+    _keys_create(tenant)
+
+
+@keys.command("list")
+@click.option("--tenant", default=None, help="only this tenant's keys")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def keys_list(tenant: str | None, fmt: str) -> None:
+    """List API keys: id, tenant, public prefix, created, revoked (secrets are never stored)."""
+    from core.db import session_scope
+    from core.migrate import upgrade
+    from core.tenancy import list_api_keys
+
+    upgrade(get_settings().resolved_database_url)
+    with session_scope() as s:
+        rows = list_api_keys(s, tenant)
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'id':<40} {'tenant':<20} {'prefix':<20} {'created':<32} revoked")
+    for r in rows:
+        print(f"{r['id']:<40} {r['tenant']:<20} {r['prefix']:<20} {r['created_at'] or '':<32} {r['revoked_at'] or '-'}")
+
+
+@keys.command("revoke")
+@click.argument("key")
+def keys_revoke(key: str) -> None:
+    """Revoke KEY (its id from 'keys list', or its tls_<prefix>_ prefix); it stops working at once."""
+    from core.db import session_scope
+    from core.errors import TLServeError
+    from core.migrate import upgrade
+    from core.tenancy import revoke_api_key
+
+    upgrade(get_settings().resolved_database_url)
+    try:
+        with session_scope() as s:
+            row = revoke_api_key(s, key)
+            key_id, revoked_at = row.id, row.revoked_at
+    except TLServeError as e:
+        raise click.ClickException(e.message) from None
+    print(f"revoked API key {key_id} at {revoked_at.isoformat() if revoked_at else '?'}", file=sys.stderr)
+    print(key_id)
+
+
+@cli.command("migrate")
+def migrate() -> None:
+    """Apply database migrations."""
+    _migrate()
+
+
+if client_cli is not None:
+    client_cli.mount(cli)
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    cli.main(args=argv, prog_name="tlserve")
+    return 0
 
 
 if __name__ == "__main__":

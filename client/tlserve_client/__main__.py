@@ -1,0 +1,3 @@
+from tlserve_client.cli import main
+
+main()

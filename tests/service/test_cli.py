@@ -1,0 +1,59 @@
+"""The server's ``tlserve`` command on Click: the server commands keep their flags, and the client's
+commands are mounted beside them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from service.cli import cli
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), prog_name="tlserve")
+
+
+def test_help_lists_server_and_client_commands() -> None:
+    result = run("--help")
+    assert result.exit_code == 0, result.output
+    for name in ("up", "api", "worker", "keys", "migrate", "datasets", "features", "models", "predict", "jobs"):
+        assert f"  {name} " in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        ("up", ["--host", "--port", "--queues", "--concurrency"]),
+        ("api", ["--host", "--port"]),
+        ("worker", ["--queues", "--concurrency"]),
+    ],
+)
+def test_server_commands_keep_their_flags(command: str, flags: list[str]) -> None:
+    result = run(command, "--help")
+    assert result.exit_code == 0, result.output
+    assert all(flag in result.stdout for flag in flags)
+
+
+def test_worker_refuses_the_memory_broker(data_dir) -> None:
+    result = run("worker")
+    assert result.exit_code == 2
+    assert "needs a real broker" in result.stderr
+
+
+def test_keys_create_list_revoke(db: str) -> None:
+    created = run("keys", "create", "--tenant", "acme")
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip().splitlines()[-1]
+    listed = run("keys", "list", "--format", "json")
+    rows = json.loads(listed.stdout)
+    assert len(rows) == 1 and key.startswith(rows[0]["prefix"]) and key not in listed.stdout
+    revoked = run("keys", "revoke", rows[0]["id"])
+    assert revoked.exit_code == 0 and revoked.stdout.strip().splitlines()[-1] == rows[0]["id"]
+    assert json.loads(run("keys", "list", "--format", "json").stdout)[0]["revoked_at"]
+    missing = run("keys", "revoke", "key_nope")
+    assert missing.exit_code == 1
+    assert missing.stderr.strip().splitlines() == [
+        "error: no API key 'key_nope': give a key id (key_...) or prefix from 'tlserve keys list'"
+    ]
