@@ -131,9 +131,7 @@ def test_thumbnail_is_a_small_jpeg_of_the_image(client: TestClient, api_key: str
     assert bad_size.status_code == 422 and "size must be one of" in bad_size.json()["error"]["message"]
 
 
-def test_another_tenants_images_are_404_like_missing_ones(
-    client: TestClient, api_key: str, other_api_key: str
-) -> None:
+def test_another_tenants_images_are_404_like_missing_ones(client: TestClient, api_key: str, other_api_key: str) -> None:
     ds = _dataset(client, api_key, _photos())
     theirs = _dataset(client, other_api_key, _photos(), name="theirs")
     mine = client.get(f"/v1/datasets/{ds['id']}/images", headers=auth(api_key)).json()
