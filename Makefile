@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: install sample-data demo test test-fast serve lint bench clean
+.PHONY: install sample-data test-tools demo test test-fast serve lint bench clean
 
 install: $(VENV)/.installed
 
@@ -21,10 +21,22 @@ sample-data:
 	    (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) || \
 	    echo "dataset-fashion-mnist not installed; the demo will use scikit-learn's digits"; }
 
+# What the tests drive from outside Python: headless Chromium and its driver (the web console's browser
+# tests, with Selenium) and docker-compose (the packaging test validates docker-compose.yml).
+TEST_TOOLS := chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver docker-compose:/usr/bin/docker-compose
+test-tools:
+	@missing=""; for t in $(TEST_TOOLS); do test -x "$${t#*:}" || missing="$$missing $${t%%:*}"; done; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	        (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null); \
+	    else echo "missing:$$missing (apt-get install them as root; the browser and packaging tests need them)"; fi; \
+	  fi
+
 demo: install sample-data
 	$(BIN)/python scripts/demo.py --port $(PORT)
 
-test: install sample-data
+test: install sample-data test-tools
 	$(BIN)/python -m pytest
 
 test-fast: install

@@ -182,6 +182,7 @@ def test_from_a_zip_to_a_prediction_in_the_browser(
     rejected = page.find("#rejected-table").text
     assert "digits/3/notes.png" in rejected and "digits/7/empty.png" in rejected
     assert "image" in rejected.lower()  # each reason says what was wrong with the file
+    page.shot("02-dataset")
 
     # the thumbnail grid: every thumbnail decoded from a blob URL (the key never goes into a URL)
     def thumbs_loaded() -> bool:
@@ -196,7 +197,7 @@ def test_from_a_zip_to_a_prediction_in_the_browser(
     assert page.find("#more-images").is_displayed()  # 120 images: the Link header says there is more
     page.find("#more-images").click()
     page.until(lambda: len(page.find_all("#thumbnails img")) == 96, "the second page of thumbnails")
-    page.shot("02-dataset")
+    page.shot("03-thumbnails")
 
     # train a linear probe from the dataset page, watch its job over SSE, open the model
     Select(page.find("#train-backbone")).select_by_value("efficientnet_lite0")
@@ -209,7 +210,7 @@ def test_from_a_zip_to_a_prediction_in_the_browser(
     )
     assert seen_running in ("queued", "running", "succeeded")
     assert page.find(".progress > div").get_attribute("style").replace(" ", "").startswith("width:100")
-    page.shot("03-job-succeeded")
+    page.shot("04-job-succeeded")
     page.find("#job-resource").click()
     page.until(lambda: page.find_all("#confusion-heatmap"), "the model page's heat map")
     model_id = browser.current_url.rsplit("/", 1)[-1]
@@ -236,7 +237,7 @@ def test_from_a_zip_to_a_prediction_in_the_browser(
     assert page.find("#model-accuracy .v").text == f"{100 * metrics['accuracy']:.1f}%"
     assert page.find("#model-macro-f1 .v").text == f"{metrics['macro_f1']:.3f}"
     assert len(page.find_all("#per-class tbody tr")) == 10
-    page.shot("04-model")
+    page.shot("05-model")
 
     # try a prediction: drop two images and a broken file on the drop zone
     probes = _probe_files()
@@ -259,7 +260,7 @@ def test_from_a_zip_to_a_prediction_in_the_browser(
         assert len(el.find_elements("css selector", ".bar.score")) == 5
         assert el.find_element("css selector", ".file").text == row["file"]
     assert shown["broken.png"].get_attribute("data-error") == "1"
-    page.shot("05-prediction")
+    page.shot("06-prediction")
 
     # the key was only ever sent in a header: no URL the page fetched carries it
     urls = browser.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
@@ -310,7 +311,7 @@ def test_finetune_curves_compare_leaderboard_and_cancel_in_the_browser(
     assert len(series["train loss"]) == 3 and len(series["val loss"]) == 3
     assert len(series["train accuracy"]) == 3
     page.find("#training-curves").location_once_scrolled_into_view  # noqa: B018 (scrolls the curves into the shot)
-    page.shot("06-finetune-curves")
+    page.shot("07-finetune-curves")
 
     # the comparison's leaderboard as a bar chart, best first
     browser.get(f"{deployment.base_url}/ui/#/models")
@@ -319,7 +320,7 @@ def test_finetune_curves_compare_leaderboard_and_cancel_in_the_browser(
     with deployment.client() as api:
         board = api.get(f"/v1/jobs/{cmp['job_id']}", headers=auth(key)).json()["metrics"]["leaderboard"]
     assert bars == [r["backbone"] for r in board]
-    page.shot("07-models-leaderboard")
+    page.shot("08-models-leaderboard")
 
     # cancel a long fine-tune from its job page; the page shows it cancelled
     browser.get(f"{deployment.base_url}/ui/#/jobs/{slow['job_id']}")
@@ -329,7 +330,7 @@ def test_finetune_curves_compare_leaderboard_and_cancel_in_the_browser(
         lambda: page.find(".job-panel").get_attribute("data-status") == "cancelled", "the cancelled job", timeout=180
     )
     assert not page.find("#cancel-job").is_displayed()
-    page.shot("08-job-cancelled")
+    page.shot("09-job-cancelled")
     with deployment.client() as api:
         assert api.get(f"/v1/jobs/{slow['job_id']}", headers=auth(key)).json()["status"] == "cancelled"
     assert page.severe() == []

@@ -146,3 +146,12 @@ def test_another_tenants_images_are_404_like_missing_ones(client: TestClient, ap
     assert crossed.status_code == made_up.status_code == 404
     assert crossed.json()["error"]["code"] == "not_found"
     assert client.get(thumb, headers=auth(api_key)).status_code == 200
+
+
+def test_a_cursor_of_the_wrong_shape_is_refused(client: TestClient, api_key: str) -> None:
+    from core.pagination import encode_cursor
+
+    ds = _dataset(client, api_key, _photos())
+    for cursor in (encode_cursor(["only-one-key"]), encode_cursor([{"a": 1}, "x"]), "e30"):  # e30 = "{}"
+        resp = client.get(f"/v1/datasets/{ds['id']}/images", params={"cursor": cursor}, headers=auth(api_key))
+        assert resp.status_code == 400, (cursor, resp.text)

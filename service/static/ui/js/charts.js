@@ -25,8 +25,9 @@ function truncate(text, n) {
 export function confusionHeatmap(labels, matrix) {
   const n = labels.length;
   const cell = Math.max(22, Math.min(56, Math.floor(520 / Math.max(1, n))));
-  const left = 110;
-  const top = 100;
+  const longest = Math.min(14, Math.max(1, ...labels.map((l) => String(l).length)));
+  const left = 30 + longest * 7;
+  const top = 28 + longest * 5;
   const width = left + n * cell + 20;
   const height = top + n * cell + 40;
   const svg = s("svg", {

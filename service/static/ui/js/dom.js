@@ -1,4 +1,4 @@
-// Building the page from data without innerHTML: every text a user or the API supplies is a text node.
+// Building the page from data without parsing markup: every text a user or the API supplies is a text node.
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 

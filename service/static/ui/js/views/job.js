@@ -1,6 +1,6 @@
 // #/jobs/{id}: live progress over SSE, cancel, and what the job produced (model, dataset, curves, leaderboard).
 
-import { getJSON } from "../api.js";
+import { getJSON, isTerminal } from "../api.js";
 import { barChart, lineChart } from "../charts.js";
 import { clear, fmtDate, h } from "../dom.js";
 import { jobPanel } from "./progress.js";
@@ -38,10 +38,23 @@ export function leaderboard(board) {
   })), { id: "leaderboard-chart", title: "test accuracy by backbone" });
 }
 
+/** The job's scalar results (accuracy, timings, counts) as a table; lists and tables are drawn elsewhere. */
+function summaryCard(job) {
+  const rows = Object.entries(job.metrics || {}).filter(([, v]) => v === null || ["number", "string", "boolean"].includes(typeof v));
+  return h("div", { className: "card" }, h("h2", {}, "Result"),
+    h("table", { className: "kv", id: "job-summary" }, h("tbody", {},
+      h("tr", {}, h("th", {}, "started"), h("td", {}, fmtDate(job.started_at))),
+      h("tr", {}, h("th", {}, "finished"), h("td", {}, fmtDate(job.finished_at))),
+      h("tr", {}, h("th", {}, "attempts"), h("td", {}, `${job.attempts} of ${job.max_attempts}`)),
+      rows.map(([k, v]) => h("tr", {}, h("th", {}, k.replaceAll("_", " ")),
+        h("td", { className: "mono" }, typeof v === "number" && !Number.isInteger(v) ? v.toFixed(4) : String(v)))))));
+}
+
 export async function renderJob(root, [id], signal) {
   const job = await getJSON(`/v1/jobs/${encodeURIComponent(id)}`, { signal });
   const link = h("p", {});
   const details = h("div", {});
+  const summary = h("div", {});
   root.append(h("h1", {}, KIND_NAMES[job.kind] || job.kind),
     h("p", { className: "muted" }, `created ${fmtDate(job.created_at)} · queue ${job.queue}`));
   let lastHistory = -1;
@@ -57,9 +70,7 @@ export async function renderJob(root, [id], signal) {
       shownBoard = true;
       details.append(h("div", { className: "card" }, h("h2", {}, "Leaderboard"), leaderboard(j.metrics.leaderboard)));
     }
-    if (j.status === "succeeded" && j.kind === "fit" && j.metrics && j.metrics.test_accuracy !== undefined && !details.firstChild) {
-      details.append(h("p", {}, `test accuracy ${(100 * j.metrics.test_accuracy).toFixed(1)}%`));
-    }
+    if (isTerminal(j.status) && !summary.firstChild) summary.append(summaryCard(j));
   };
-  root.append(jobPanel(id, signal, { title: "Progress", onUpdate: update }), link, details);
+  root.append(jobPanel(id, signal, { title: "Progress", onUpdate: update }), link, summary, details);
 }

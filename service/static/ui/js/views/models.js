@@ -105,7 +105,7 @@ function lineageCard(model) {
   ];
   if (model.strategy === "finetune" && model.params?.finetune) rows.push(["fine-tune", JSON.stringify(model.params.finetune)]);
   return h("div", { className: "card" }, h("h2", {}, "Lineage"),
-    h("table", {}, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", { className: "mono" }, v))))));
+    h("table", { className: "kv", id: "lineage" }, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", { className: "mono" }, v))))));
 }
 
 function predictCard(model) {
@@ -120,7 +120,7 @@ function predictCard(model) {
       const url = URL.createObjectURL(f);
       previews.push(url);
       const body = h("div", {}, h("div", { className: "file" }, f.name), h("div", { className: "label muted" }, "predicting…"));
-      const row = h("div", { className: "prediction", dataset: { file: f.name } }, h("img", { src: url, alt: f.name }), body);
+      const row = h("div", { className: "prediction", dataset: { file: f.name } }, h("img", { src: url, alt: "", onerror: (e) => { e.target.style.visibility = "hidden"; } }), body);
       results.append(row);
       return [row, body];
     });
