@@ -204,6 +204,7 @@ def test_from_a_zip_to_a_prediction_in_the_browser(
     Select(page.find("#train-strategy")).select_by_value("linear_probe")
     page.find("#train-button").click()
     page.until(lambda: "#/jobs/job_" in browser.current_url, "the training job's page")
+    job_id = browser.current_url.rsplit("/", 1)[-1]
     seen_running = page.until(lambda: page.find(".job-panel").get_attribute("data-status"), "the job's first event")
     page.until(
         lambda: page.find(".job-panel").get_attribute("data-status") == "succeeded", "the training job", timeout=300
@@ -265,6 +266,12 @@ def test_from_a_zip_to_a_prediction_in_the_browser(
     # the key was only ever sent in a header: no URL the page fetched carries it
     urls = browser.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
     assert urls and not [u for u in urls if deployment.api_key in u]
+    assert f"{deployment.base_url}/v1/jobs/{job_id}/events" in urls  # progress came over the event stream
+
+    # the datasets list now has the upload
+    browser.get(f"{deployment.base_url}/ui/#/datasets")
+    page.until(lambda: page.find_all(f"#datasets-table tr[data-id='{dataset_id}']"), "the dataset in the list")
+    assert "digits from the browser" in page.find(f"#datasets-table tr[data-id='{dataset_id}']").text
     assert page.severe() == []
 
 

@@ -27,14 +27,14 @@ export function confusionHeatmap(labels, matrix) {
   const cell = Math.max(22, Math.min(56, Math.floor(520 / Math.max(1, n))));
   const longest = Math.min(14, Math.max(1, ...labels.map((l) => String(l).length)));
   const left = 30 + longest * 7;
-  const top = 28 + longest * 5;
+  const top = 40 + longest * 5;
   const width = left + n * cell + 20;
   const height = top + n * cell + 40;
   const svg = s("svg", {
     viewBox: `0 0 ${width} ${height}`, width, height, role: "img", id: "confusion-heatmap",
     "aria-label": `confusion matrix of ${n} classes`,
   });
-  svg.append(s("text", { x: left + (n * cell) / 2, y: 14, "text-anchor": "middle", "font-size": 12, fill: "#5f6b7a" }, "predicted"));
+  svg.append(s("text", { x: left + (n * cell) / 2, y: 12, "text-anchor": "middle", "font-size": 12, fill: "#5f6b7a" }, "predicted"));
   svg.append(s("text", {
     x: 12, y: top + (n * cell) / 2, "text-anchor": "middle", "font-size": 12, fill: "#5f6b7a",
     transform: `rotate(-90 12 ${top + (n * cell) / 2})`,
