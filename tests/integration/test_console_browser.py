@@ -23,6 +23,12 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fresh_artifacts() -> None:
+    """Screenshots of this run only."""
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+
+
 @pytest.fixture
 def browser(deployment: Deployment, request: pytest.FixtureRequest) -> Iterator[Any]:
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if shutil.which(p) is None]
