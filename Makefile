@@ -21,13 +21,16 @@ sample-data:
 	    (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) || \
 	    echo "dataset-fashion-mnist not installed; the demo will use scikit-learn's digits"; }
 
-# System packages the tests use: docker-compose (the compose file is validated) and Fashion-MNIST.
+# System packages the tests use: docker-compose (the compose file is validated), Fashion-MNIST, and
+# headless Chromium with its driver (the web console's browser tests, through Selenium).
+TEST_DEBS := docker-compose:/usr/bin/docker-compose chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver \
+  dataset-fashion-mnist:/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 test-deps:
-	@missing=""; command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
-	  test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || missing="$$missing dataset-fashion-mnist"; \
+	@missing=""; for t in $(TEST_DEBS); do test -e "$${t#*:}" || missing="$$missing $${t%%:*}"; done; \
 	  if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" != 0 ]; then echo "install as root: apt-get install$$missing"; exit 1; fi; \
-	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	      (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null); \
 	  fi
 
 demo: install sample-data

@@ -1,0 +1,154 @@
+// #/models (list, leaderboards) and #/models/{id} (metrics, confusion heat map, curves, try a prediction).
+
+import { getJSON, isTerminal, request } from "../api.js";
+import { confusionHeatmap, scoreBar } from "../charts.js";
+import { badge, clear, dropZone, fmtDate, fmtNum, fmtPct, h } from "../dom.js";
+import { historyCharts, leaderboard } from "./job.js";
+import { jobPanel } from "./progress.js";
+
+export async function renderModels(root, _params, signal) {
+  const [models, jobs] = await Promise.all([getJSON("/v1/models", { signal }), getJSON("/v1/jobs", { signal })]);
+  root.append(h("h1", {}, "Models"));
+  const card = h("div", { className: "card" }, h("h2", {}, "Your models"));
+  if (!models.length) {
+    card.append(h("p", { className: "muted" }, "No models yet: open a dataset and train one."));
+  } else {
+    card.append(h("table", { id: "models-table" },
+      h("thead", {}, h("tr", {}, ["Model", "Backbone", "Strategy", "Dataset", "Status", "Accuracy", "Macro-F1", "Created"]
+        .map((t, i) => h("th", { className: i === 5 || i === 6 ? "num" : "" }, t)))),
+      h("tbody", {}, models.map((m) => h("tr", { dataset: { id: m.id } },
+        h("td", {}, h("a", { href: `#/models/${m.id}`, className: "mono" }, m.id)),
+        h("td", {}, m.backbone), h("td", {}, m.strategy),
+        h("td", {}, h("a", { href: `#/datasets/${m.dataset_id}`, className: "mono" }, m.dataset_id)),
+        h("td", {}, badge(m.status)),
+        h("td", { className: "num" }, fmtPct(m.metrics?.accuracy)),
+        h("td", { className: "num" }, fmtNum(m.metrics?.macro_f1)),
+        h("td", { className: "muted" }, fmtDate(m.created_at)))))));
+  }
+  root.append(card);
+  const compares = jobs.filter((j) => j.kind === "compare" && j.status === "succeeded" && j.metrics?.leaderboard);
+  const boards = h("div", { className: "card", id: "leaderboards" }, h("h2", {}, "Backbone comparisons"));
+  if (!compares.length) {
+    boards.append(h("p", { className: "muted" }, "No comparison yet: open a dataset and compare backbones."));
+  } else {
+    const holder = h("div", {});
+    const pick = h("select", { id: "compare-select" }, compares.map((j, i) =>
+      h("option", { value: i }, `${fmtDate(j.finished_at)} · ${j.metrics.leaderboard.length} backbones · ${j.resource?.id ?? ""}`)));
+    const show = () => clear(holder).append(leaderboard(compares[Number(pick.value)].metrics.leaderboard));
+    pick.addEventListener("change", show);
+    boards.append(pick, holder);
+    show();
+  }
+  root.append(boards);
+}
+
+function stat(k, v, id) {
+  return h("div", { className: "stat", id }, h("div", { className: "v" }, v), h("div", { className: "k" }, k));
+}
+
+export async function renderModel(root, [id], signal) {
+  const model = await getJSON(`/v1/models/${encodeURIComponent(id)}`, { signal });
+  root.append(
+    h("h1", {}, `${model.backbone} · ${model.strategy === "finetune" ? "fine-tuned" : "linear probe"} `, badge(model.status)),
+    h("p", { className: "muted" }, h("span", { className: "mono" }, model.id), " · dataset ",
+      h("a", { href: `#/datasets/${model.dataset_id}`, className: "mono" }, model.dataset_id),
+      ` · created ${fmtDate(model.created_at)}`));
+  if (model.status !== "ready") {
+    if (model.job_id && !isTerminal(model.status)) {
+      root.append(jobPanel(model.job_id, signal, {
+        title: "Training",
+        onDone: () => { if (!signal.aborted) { clear(root); renderModel(root, [id], signal).catch(() => {}); } },
+      }));
+    } else {
+      root.append(h("div", { className: "card" }, h("p", {}, `This model is ${model.status}; see its job `,
+        h("a", { href: `#/jobs/${model.job_id}` }, model.job_id), ".")));
+    }
+    return;
+  }
+  const m = model.metrics || {};
+  root.append(h("div", { className: "card" }, h("div", { className: "stats" },
+    stat("test accuracy", fmtPct(m.accuracy), "model-accuracy"), stat("macro-F1", fmtNum(m.macro_f1), "model-macro-f1"),
+    stat("train accuracy", fmtPct(m.train_accuracy)), stat("val accuracy", fmtPct(m.val_accuracy)),
+    stat("classes", (model.labels || []).length))));
+  root.append(predictCard(model));
+  const labels = m.labels || model.labels || [];
+  if (m.confusion_matrix) {
+    root.append(h("div", { className: "grid2" },
+      h("div", { className: "card" }, h("h2", {}, "Confusion matrix (test split)"), confusionHeatmap(labels, m.confusion_matrix)),
+      perClassCard(labels, m.per_class || {})));
+  }
+  if (model.strategy === "finetune" && model.job_id) {
+    const job = await getJSON(`/v1/jobs/${encodeURIComponent(model.job_id)}`, { signal });
+    const history = job.metrics?.history || [];
+    if (history.length) root.append(h("div", { className: "card" }, h("h2", {}, "Training curves"), historyCharts(history)));
+  }
+  root.append(lineageCard(model));
+}
+
+function perClassCard(labels, perClass) {
+  return h("div", { className: "card" }, h("h2", {}, "Per class"),
+    h("table", { id: "per-class" },
+      h("thead", {}, h("tr", {}, ["Class", "Precision", "Recall", "F1", "Support"].map((t, i) => h("th", { className: i ? "num" : "" }, t)))),
+      h("tbody", {}, labels.map((label) => {
+        const r = perClass[label] || {};
+        return h("tr", { dataset: { label } }, h("td", {}, label), h("td", { className: "num" }, fmtNum(r.precision)),
+          h("td", { className: "num" }, fmtNum(r.recall)), h("td", { className: "num" }, fmtNum(r.f1)), h("td", { className: "num" }, r.support ?? "–"));
+      }))));
+}
+
+function lineageCard(model) {
+  const rows = [
+    ["backbone", model.backbone], ["strategy", model.strategy],
+    ["dataset version", model.lineage?.dataset_version ?? model.lineage?.version ?? "–"],
+    ["weights", model.lineage?.weights_digest ? String(model.lineage.weights_digest).slice(0, 16) : "–"],
+    ["head", model.params?.head ? JSON.stringify(model.params.head) : "–"],
+  ];
+  if (model.strategy === "finetune" && model.params?.finetune) rows.push(["fine-tune", JSON.stringify(model.params.finetune)]);
+  return h("div", { className: "card" }, h("h2", {}, "Lineage"),
+    h("table", { className: "kv", id: "lineage" }, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", { className: "mono" }, v))))));
+}
+
+function predictCard(model) {
+  const results = h("div", { id: "predictions" });
+  const error = h("p", { className: "error" });
+  const previews = [];
+  const run = async (files) => {
+    error.textContent = "";
+    previews.splice(0).forEach((u) => URL.revokeObjectURL(u));
+    clear(results);
+    const rows = files.map((f) => {
+      const url = URL.createObjectURL(f);
+      previews.push(url);
+      const body = h("div", {}, h("div", { className: "file" }, f.name), h("div", { className: "label muted" }, "predicting…"));
+      const row = h("div", { className: "prediction", dataset: { file: f.name } }, h("img", { src: url, alt: "", onerror: (e) => { e.target.style.visibility = "hidden"; } }), body);
+      results.append(row);
+      return [row, body];
+    });
+    const form = new FormData();
+    files.forEach((f) => form.append("files", f, f.name));
+    form.append("top_k", String(Math.min(5, (model.labels || []).length || 1)));
+    try {
+      const resp = await request(`/v1/models/${encodeURIComponent(model.id)}/predict`, { method: "POST", body: form });
+      const { predictions } = await resp.json();
+      predictions.forEach((p, i) => {
+        const [row, body] = rows[i] || [];
+        if (!row) return;
+        clear(body).append(h("div", { className: "file" }, p.file ?? files[i].name));
+        if (p.error) {
+          row.dataset.error = "1";
+          body.append(h("div", { className: "error" }, p.error.message || String(p.error)));
+          return;
+        }
+        row.dataset.label = p.label;
+        body.append(h("div", { className: "label" }, h("strong", { className: "predicted-label" }, p.label), ` ${(100 * p.score).toFixed(1)}%`),
+          h("div", { className: "scores" }, (p.top_k || [{ label: p.label, score: p.score }]).map((t) => scoreBar(t.label, t.score))));
+      });
+    } catch (err) {
+      error.textContent = err.message;
+      rows.forEach(([, body]) => { body.lastChild.textContent = ""; });
+    }
+  };
+  return h("div", { className: "card", id: "try-prediction" }, h("h2", {}, "Try a prediction"),
+    dropZone({ id: "predict-files", accept: "image/*", multiple: true, text: "Drop images here, or click to choose some", onFiles: run }),
+    error, results);
+}
