@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from core import datasets as ds
 from core.errors import NotFound
+from core.keys import thumbnail_key
 from core.pagination import Page, keyset_page
 from core.storage import get_storage
 from core.tables import DatasetVersion, Image
@@ -21,10 +22,6 @@ from core.tables import DatasetVersion, Image
 THUMBNAIL_SIZES = (64, 128, 256)
 DEFAULT_THUMBNAIL_SIZE = 128
 Split = Literal["train", "val", "test"]
-
-
-def thumbnail_key(tenant_id: str, dataset_id: str, sha256: str, size: int) -> str:
-    return f"{ds.dataset_prefix(tenant_id, dataset_id)}/thumbnails/{size}/{sha256[:2]}/{sha256}.jpg"
 
 
 def list_images(

@@ -23,6 +23,11 @@ def canonical_key(tenant_id: str, dataset_id: str, sha256: str) -> str:
     return f"{dataset_prefix(tenant_id, dataset_id)}/canonical/{sha256[:2]}/{sha256}.png"
 
 
+def thumbnail_key(tenant_id: str, dataset_id: str, sha256: str, size: int) -> str:
+    """A cached JPEG thumbnail (deleted with the dataset)."""
+    return f"{dataset_prefix(tenant_id, dataset_id)}/thumbnails/{size}/{sha256[:2]}/{sha256}.jpg"
+
+
 def upload_prefix(tenant_id: str, job_id: str) -> str:
     """Where a request's upload waits for its job; removed when the job is done with it."""
     return f"{tenant_prefix(tenant_id)}/uploads/{job_id}"

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.tables import Dataset, DatasetVersion, FeatureSet, Job, Model
+from core.tables import Dataset, DatasetVersion, FeatureSet, Image, Job, Model
 
 Queue = Literal["cpu", "gpu"]
 
@@ -159,6 +159,21 @@ class DatasetOut(BaseModel):
                 VersionSummary(version=v.version, status=v.status, num_images=v.num_images) for v in dataset.versions
             ],
         )
+
+
+class ImageOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    file: str = Field(validation_alias="filename", description="path of the file in the upload")
+    label: str
+    split: str = Field(description="train, val or test")
+    width: int
+    height: int
+    format: str
+
+    @classmethod
+    def of(cls, image: Image) -> ImageOut:
+        return cls.model_validate(image, from_attributes=True)
 
 
 class ResourceRef(BaseModel):

@@ -5,32 +5,16 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from core import images
 from core.db import session_scope
 from core.errors import InvalidInput
-from core.tables import Image
 from service.deps import SessionDep, TenantDep
 from service.pagination import PageDep, set_link_header
+from service.schemas import ImageOut
 
 router = APIRouter(prefix="/v1/datasets/{dataset_id}/images", tags=["datasets"])
-
-
-class ImageOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: str
-    file: str = Field(validation_alias="filename", description="path of the file in the upload")
-    label: str
-    split: str = Field(description="train, val or test")
-    width: int
-    height: int
-    format: str
-
-    @classmethod
-    def of(cls, image: Image) -> ImageOut:
-        return cls.model_validate(image, from_attributes=True)
 
 
 @router.get("", response_model=list[ImageOut])
