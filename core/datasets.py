@@ -49,7 +49,8 @@ def new_version(session: Session, dataset: Dataset) -> DatasetVersion:
     if latest is not None and latest.status == VersionStatus.PROCESSING:
         raise Conflict(f"version {latest.version} of dataset {dataset.id} is still processing; retry when it is ready")
     parent = latest_ready_version(session, dataset.id)
-    params = dict(parent.params) if parent else {}
+    base = parent or latest  # a dataset whose only version failed or was cancelled keeps its split settings
+    params = {k: v for k, v in base.params.items() if k != "error"} if base else {}
     params["parent_version_id"] = parent.id if parent else None
     number = (latest.version if latest else 0) + 1
     version = DatasetVersion(dataset_id=dataset.id, version=number, status=VersionStatus.PROCESSING, params=params)

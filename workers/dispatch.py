@@ -48,7 +48,7 @@ def enqueue(job_id: str, kind: str, queue: str = "cpu") -> None:
         return
     from workers.celery_app import app
 
-    policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "timeout": settings.publish_timeout_s}
+    policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
     app.send_task(task_name, args=[job_id], queue=queue, retry=True, retry_policy=policy)
 
 

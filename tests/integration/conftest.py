@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,49 @@ def _redis_reachable() -> bool:
         return False
 
 
+@contextmanager
+def running_deployment(root: Path, db_url: str, broker_url: str, *, worker: bool = True) -> Iterator[Deployment]:
+    """Migrate, make a key, start the API process (and one worker) under default settings; stop them after."""
+    env = {
+        **os.environ,
+        "TLSERVE_DATA_DIR": str(root / "data"),
+        "TLSERVE_DATABASE_URL": db_url,
+        "TLSERVE_BROKER_URL": broker_url,
+        "PYTHONUNBUFFERED": "1",
+    }
+    _run(["migrate"], env)
+    key = _run(["keys", "create", "--tenant", "acme"], env).strip().splitlines()[-1]
+    port = _free_port()
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    dep = Deployment(env=env, data_dir=root / "data", base_url=f"http://127.0.0.1:{port}", api_key=key, logs=logs)
+    dep.api = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "api", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=(logs / "api.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{dep.base_url}/healthz", timeout=2).status_code in (200, 503):
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or dep.api.poll() is not None:
+            dep.stop()
+            pytest.fail(f"the API did not start:\n{dep.dump_logs()}")
+        time.sleep(0.2)  # polling a readiness probe of a separate process, not synchronising test logic
+    if worker:
+        dep.start_worker()
+    try:
+        yield dep
+    finally:
+        dep.stop()
+
+
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     if not _redis_reachable():
@@ -108,42 +152,9 @@ def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         db_url, pg_name = make_postgres_database()
     else:
         db_url = f"sqlite:///{root / 'tlserve.db'}"
-    env = {
-        **os.environ,
-        "TLSERVE_DATA_DIR": str(root / "data"),
-        "TLSERVE_DATABASE_URL": db_url,
-        "TLSERVE_BROKER_URL": REDIS_URL,
-        "PYTHONUNBUFFERED": "1",
-    }
-    _run(["migrate"], env)
-    key = _run(["keys", "create", "--tenant", "acme"], env).strip().splitlines()[-1]
-    port = _free_port()
-    logs = root / "logs"
-    logs.mkdir()
-    dep = Deployment(env=env, data_dir=root / "data", base_url=f"http://127.0.0.1:{port}", api_key=key, logs=logs)
-    dep.api = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "api", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=(logs / "api.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{dep.base_url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or dep.api.poll() is not None:
-            dep.stop()
-            pytest.fail(f"the API did not become healthy:\n{dep.dump_logs()}")
-        time.sleep(0.2)  # polling a readiness probe of a separate process, not synchronising test logic
-    dep.start_worker()
     try:
-        yield dep
+        with running_deployment(root, db_url, REDIS_URL) as dep:
+            yield dep
     finally:
-        dep.stop()
         if pg_name:
             drop_postgres_database(pg_name)

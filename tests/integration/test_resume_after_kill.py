@@ -14,7 +14,14 @@ import pytest
 from core.sample_data import class_folder_zip
 from tests.helpers import auth, upload_dataset, wait_for_job
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Under default settings (a 30 s lease, a 10 s reaper round): each kill costs about 40 s of waiting, so these
+# run on PostgreSQL, the database such deployments use; SQLite is covered by the other integration tests.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.postgres,
+    pytest.mark.parametrize("deployment", ["postgres"], indirect=True),
+]
 
 
 def _kill_when(deployment, client, job_id: str, ready: Callable[[dict[str, Any]], bool]) -> None:
@@ -69,6 +76,28 @@ def test_extraction_resumes_from_its_stored_chunks(deployment) -> None:
     order = np.argsort(resumed["image_ids"]), np.argsort(clean["image_ids"])
     np.testing.assert_array_equal(resumed["image_ids"][order[0]], clean["image_ids"][order[1]])
     np.testing.assert_allclose(resumed["features"][order[0]], clean["features"][order[1]], rtol=0, atol=1e-6)
+
+
+def test_a_linear_probe_resumes_its_extraction_from_the_stored_chunks(deployment) -> None:
+    key = deployment.api_key
+    with deployment.client() as client:
+        dataset_id = _dataset(deployment, client, "fashion", per_class=120)
+        body = {"dataset_id": dataset_id, "backbone": "efficientnet_lite0", "head": {"C": 1.0}}
+        created = client.post("/v1/models", headers=auth(key), json=body)
+        assert created.status_code == 202, created.text
+        job_id = created.json()["job_id"]
+        _kill_when(
+            deployment,
+            client,
+            job_id,
+            lambda s: s["progress"].get("stage") == "extract" and s["progress"]["done"] >= 600,
+        )
+        job = wait_for_job(client, job_id, key, timeout=300)
+        assert job["status"] == "succeeded", (job, deployment.dump_logs())
+        assert job["attempts"] == 2
+        assert 0 < job["metrics"]["forward_images"] <= 1200 - 512  # the stored chunk was reused
+        model = client.get(f"/v1/models/{created.json()['id']}", headers=auth(key)).json()
+        assert model["status"] == "ready" and model["metrics"]["split_sizes"]["test"] > 0
 
 
 def test_finetune_resumes_from_its_last_checkpoint(deployment) -> None:
