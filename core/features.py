@@ -24,6 +24,7 @@ from core.errors import Conflict
 from core.jobs import create_job
 from core.keys import chunk_key, features_prefix
 from core.status import JobKind, ResourceStatus, ResourceType
+from core.storage import get_storage
 from core.tables import FeatureSet, Image, Job
 
 CHUNK_SIZE = 512  # images per stored chunk: bounded memory, fine-grained resume
@@ -131,8 +132,6 @@ def num_chunks(num_images: int) -> int:
 
 def load_features(fs: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
     """(features N×D float32, sha256 N) in the stored order."""
-    from core.storage import get_storage
-
     storage = get_storage()
     feats, hashes = [], []
     for index in range(num_chunks(fs.num_images)):

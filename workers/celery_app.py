@@ -12,7 +12,9 @@ from __future__ import annotations
 from celery import Celery
 from celery.signals import worker_process_init
 
+from core.db import dispose_engines
 from core.settings import get_settings
+from workers.runtime.threads import configure_threads
 
 QUEUES = ("cpu", "gpu")
 
@@ -53,9 +55,5 @@ app = make_celery()
 @worker_process_init.connect
 def _init_worker_process(**_: object) -> None:
     """Each forked worker process gets its own database connections and thread limits."""
-    from core.db import dispose_engines
-
     dispose_engines()
-    from workers.runtime.threads import configure_threads
-
     configure_threads()

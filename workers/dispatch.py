@@ -15,6 +15,9 @@ from sqlalchemy.orm import Session
 
 from core.settings import get_settings
 from core.tables import Job
+from workers.celery_app import app
+from workers.jobs import body
+from workers.runner import run_job
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,6 @@ def enqueue(job_id: str, kind: str, queue: str = "cpu") -> None:
             _local_pending.add(job_id)
         _local_executor().submit(_run_local, kind, job_id)
         return
-    from workers.celery_app import app
-
     policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
     app.send_task(task_name, args=[job_id], queue=queue, retry=True, retry_policy=policy)
 
@@ -73,9 +74,6 @@ def local_pending() -> set[str]:
 
 
 def _run_local(kind: str, job_id: str) -> None:
-    from workers.jobs import body
-    from workers.runner import run_job
-
     try:
         run_job(job_id, body(kind))
     except Exception:  # run_job records failures on the job; this is the last net for the thread

@@ -92,6 +92,19 @@ def _redis_reachable() -> bool:
         return False
 
 
+RECOVERY = ROOT / "test-artifacts" / "recovery.json"
+
+
+def record_recovery(name: str, seconds: float) -> None:
+    """Recovery times of the fault tests, kept for the record in ``test-artifacts/`` (never asserted)."""
+    import json
+
+    RECOVERY.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(RECOVERY.read_text()) if RECOVERY.exists() else {}
+    data[name] = round(seconds, 1)
+    RECOVERY.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
 @contextmanager
 def running_deployment(root: Path, db_url: str, broker_url: str, *, worker: bool = True) -> Iterator[Deployment]:
     """Migrate, make a key, start the API process (and one worker) under default settings; stop them after."""

@@ -5,7 +5,6 @@ times are written to ``test-artifacts/recovery.json`` for the record (they are n
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,18 +19,9 @@ import pytest
 from core.sample_data import class_folder_zip
 from tests.conftest import drop_postgres_database, make_postgres_database
 from tests.helpers import auth, upload_dataset, wait_for_job
-from tests.integration.conftest import REDIS_URL, ROOT, Deployment, _free_port, running_deployment
+from tests.integration.conftest import REDIS_URL, ROOT, Deployment, _free_port, record_recovery, running_deployment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.postgres]
-
-ARTIFACT = ROOT / "test-artifacts" / "recovery.json"
-
-
-def _record(name: str, seconds: float) -> None:
-    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(ARTIFACT.read_text()) if ARTIFACT.exists() else {}
-    data[name] = round(seconds, 1)
-    ARTIFACT.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _until(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
@@ -130,14 +120,14 @@ def test_broker_down_at_submit_and_a_lost_queue_lose_no_job(tmp_path: Path, post
             submit_s = time.monotonic() - start
             assert during.status_code == 202, during.text  # the row is written; the outbox sends it later
             assert _job(client, key, during.json()["job_id"])["status"] == "queued"
-            _record("submit_while_broker_down_s", submit_s)
+            record_recovery("submit_while_broker_down_s", submit_s)
 
             broker.start()  # back, empty: both messages are gone
             _until(lambda: _health(dep) == 200, 60, "/healthz to recover without a restart")
             start = time.monotonic()
             dep.start_worker()
             done = [wait_for_job(client, r.json()["job_id"], key, timeout=240) for r in (queued, during)]
-            _record("lost_queue_recovered_after_worker_start_s", time.monotonic() - start)
+            record_recovery("lost_queue_recovered_after_worker_start_s", time.monotonic() - start)
             for job in done:
                 assert job["status"] == "succeeded", (job, dep.dump_logs())
                 assert job["attempts"] == 1  # sent again, run once
@@ -236,7 +226,7 @@ def test_cancel_of_a_running_extraction_stops_within_a_batch_and_a_duplicate_mes
         start = time.monotonic()
         client.post(f"/v1/jobs/{fs2['job_id']}/cancel", headers=auth(key))
         job = wait_for_job(client, fs2["job_id"], key, timeout=120)
-        _record("cancel_running_extraction_s", time.monotonic() - start)
+        record_recovery("cancel_running_extraction_s", time.monotonic() - start)
         assert job["status"] == "cancelled" and job["progress"]["done"] < 600
         assert client.get(f"/v1/features/{fs2['id']}", headers=auth(key)).json()["status"] == "cancelled"
 
@@ -265,7 +255,7 @@ def test_sigterm_drains_a_finetune_back_to_the_queue_and_it_resumes(tmp_path: Pa
         start = time.monotonic()
         os.kill(worker.pid, signal.SIGTERM)  # warm shutdown of the worker's main process
         worker.wait(timeout=120)
-        _record("sigterm_drain_s", time.monotonic() - start)
+        record_recovery("sigterm_drain_s", time.monotonic() - start)
         job = _job(client, key, model["job_id"])
         assert job["status"] == "queued" and job["attempts"] == 0, job  # given back, the attempt not counted
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from core.sample_data import class_folder_zip
 from tests.helpers import auth, upload_dataset, wait_for_job
+from tests.integration.conftest import record_recovery
 
 # Under default settings (a 30 s lease, a 10 s reaper round): each kill costs about 40 s of waiting, so these
 # run on PostgreSQL, the database such deployments use; SQLite is covered by the other integration tests.
@@ -24,7 +26,7 @@ pytestmark = [
 ]
 
 
-def _kill_when(deployment, client, job_id: str, ready: Callable[[dict[str, Any]], bool]) -> None:
+def _kill_when(deployment, client, job_id: str, ready: Callable[[dict[str, Any]], bool], kind: str) -> None:
     """Follow the job's events; SIGKILL the worker (and its pool) as soon as ``ready(state)`` holds."""
     worker = deployment.workers[-1]
     with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=auth(deployment.api_key), timeout=300) as events:
@@ -35,11 +37,20 @@ def _kill_when(deployment, client, job_id: str, ready: Callable[[dict[str, Any]]
                 if ready(state):
                     break
     deployment.kill_worker(worker)
+    start = time.monotonic()
     deployment.start_worker()
+    # for the record (not asserted): how long until the job runs again on the new worker
+    while time.monotonic() - start < 300:
+        state = client.get(f"/v1/jobs/{job_id}", headers=auth(deployment.api_key)).json()
+        if state["attempts"] >= 2 or state["status"] in ("succeeded", "failed", "cancelled"):
+            record_recovery(f"sigkill_{kind}_running_again_after_worker_start_s", time.monotonic() - start)
+            break
+        time.sleep(0.5)  # polling another process's state, not synchronising this test's own logic
 
 
-def _dataset(deployment, client, source: str, per_class: int) -> str:
-    resp = upload_dataset(client, deployment.api_key, class_folder_zip(source, per_class=per_class), name=source)
+def _dataset(deployment, client, source: str, per_class: int, seed: int = 0) -> str:
+    archive = class_folder_zip(source, per_class=per_class, seed=seed)
+    resp = upload_dataset(client, deployment.api_key, archive, name=source)
     assert wait_for_job(client, resp.json()["job_id"], deployment.api_key)["status"] == "succeeded"
     return resp.json()["id"]
 
@@ -60,6 +71,7 @@ def test_extraction_resumes_from_its_stored_chunks(deployment) -> None:
             client,
             first["job_id"],
             lambda s: s["progress"].get("stage") == "extract" and s["progress"]["done"] >= 600,
+            kind="extract",
         )
         job = wait_for_job(client, first["job_id"], key, timeout=300)
         assert job["status"] == "succeeded", (job, deployment.dump_logs())
@@ -81,7 +93,7 @@ def test_extraction_resumes_from_its_stored_chunks(deployment) -> None:
 def test_a_linear_probe_resumes_its_extraction_from_the_stored_chunks(deployment) -> None:
     key = deployment.api_key
     with deployment.client() as client:
-        dataset_id = _dataset(deployment, client, "fashion", per_class=120)
+        dataset_id = _dataset(deployment, client, "fashion", per_class=120, seed=1)  # images not extracted yet
         body = {"dataset_id": dataset_id, "backbone": "efficientnet_lite0", "head": {"C": 1.0}}
         created = client.post("/v1/models", headers=auth(key), json=body)
         assert created.status_code == 202, created.text
@@ -91,6 +103,7 @@ def test_a_linear_probe_resumes_its_extraction_from_the_stored_chunks(deployment
             client,
             job_id,
             lambda s: s["progress"].get("stage") == "extract" and s["progress"]["done"] >= 600,
+            kind="fit",
         )
         job = wait_for_job(client, job_id, key, timeout=300)
         assert job["status"] == "succeeded", (job, deployment.dump_logs())
@@ -121,7 +134,11 @@ def test_finetune_resumes_from_its_last_checkpoint(deployment) -> None:
         assert created.status_code == 202, created.text
         job_id = created.json()["job_id"]
         _kill_when(
-            deployment, client, job_id, lambda s: s["progress"].get("stage") == "epoch" and s["progress"]["done"] >= 1
+            deployment,
+            client,
+            job_id,
+            lambda s: s["progress"].get("stage") == "epoch" and s["progress"]["done"] >= 1,
+            kind="finetune",
         )
         job = wait_for_job(client, job_id, key, timeout=600)
         assert job["status"] == "succeeded", (job, deployment.dump_logs())

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import WeightsError
+from core.settings import get_settings
 
 if TYPE_CHECKING:
     from workers.backbones.spec import BackboneSpec
@@ -33,8 +34,6 @@ class WeightsInfo:
 
 def weights_dir() -> Path:
     """``TLSERVE_WEIGHTS_DIR``, by default ``<data dir>/weights``."""
-    from core.settings import get_settings
-
     settings = get_settings()
     return Path(settings.weights_dir) if settings.weights_dir else settings.data_dir / "weights"
 
