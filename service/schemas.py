@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.tables import Dataset, DatasetVersion, FeatureSet, Image, Job, Model
+from core.tables import Alias, Dataset, DatasetVersion, FeatureSet, Image, Job, Model
 
 Queue = Literal["cpu", "gpu"]
 
@@ -94,6 +94,10 @@ class CompareRequest(Strict):
     version: int | None = Field(default=None, ge=1)
     allow_random_weights: bool = False
     seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
+class AliasRequest(Strict):
+    model_id: str = Field(max_length=64, description="a ready model of yours")
 
 
 # --- responses ------------------------------------------------------------------------------------------------
@@ -332,3 +336,14 @@ class BackboneCard(BaseModel):
     family: str
     base: str | None = Field(None, description="fine-tuned models: the registered backbone underneath")
     dataset_id: str | None = Field(None, description="fine-tuned models: the dataset they were trained on")
+
+
+class AliasOut(BaseModel):
+    name: str
+    model_id: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, alias: Alias) -> AliasOut:
+        return cls(name=alias.name, model_id=alias.model_id, created_at=alias.created_at, updated_at=alias.updated_at)

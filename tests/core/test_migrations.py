@@ -45,3 +45,36 @@ def test_0003_job_leases_keeps_jobs_and_marks_them_sent(db: str) -> None:
     for r in rows:
         sent = r.enqueued_at if isinstance(r.enqueued_at, datetime) else datetime.fromisoformat(str(r.enqueued_at))
         assert sent.replace(tzinfo=UTC) == created.replace(tzinfo=UTC)
+
+
+def test_0004_aliases_keeps_models(db: str) -> None:
+    from core.migrate import downgrade, upgrade
+
+    downgrade(db, "0003")
+    dispose_engines()
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    engine = create_engine(db)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('tn_1', 'acme', :t)"), {"t": now})
+        conn.execute(
+            text(
+                "INSERT INTO models (id, tenant_id, dataset_id, version_id, backbone, strategy, status, params,"
+                " metrics, lineage, labels, storage_prefix, created_at) VALUES ('mdl_1', 'tn_1', 'ds_1', 'dv_1',"
+                " 'efficientnet_lite0', 'linear_probe', 'ready', '{}', '{\"accuracy\": 0.9}', '{}', '[]', 'p', :t)"
+            ),
+            {"t": now},
+        )
+    upgrade(db)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO aliases (id, tenant_id, name, model_id, created_at, updated_at)"
+                " VALUES ('al_1', 'tn_1', 'prod', 'mdl_1', :t, :t)"
+            ),
+            {"t": now},
+        )
+        row = conn.execute(
+            text("SELECT m.id, m.metrics, a.name FROM models m JOIN aliases a ON a.model_id = m.id")
+        ).one()
+    engine.dispose()
+    assert row.id == "mdl_1" and "0.9" in str(row.metrics) and row.name == "prod"

@@ -232,3 +232,31 @@ assert "torch" not in sys.modules, "torch was imported"
         [sys.executable, "-c", code], cwd=Path(__file__).parents[2], env=env_vars, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_aliases_point_repoint_and_follow_their_model(env, probe) -> None:
+    client, key, dataset_id = env
+    from core.db import session_scope
+    from core.tenancy import create_api_key
+
+    with session_scope() as s:
+        other = create_api_key(s, "initech")
+    first = client.put("/v1/aliases/prod", headers=auth(key), json={"model_id": probe["id"]})
+    assert first.status_code == 201 and first.json()["model_id"] == probe["id"]
+    body = {"dataset_id": dataset_id, "head": {"type": "ridge", "C": 1.0}}
+    resp = client.post("/v1/models", headers=auth(key), json=body).json()
+    assert wait_for_job(client, resp["job_id"], key)["status"] == "succeeded"
+    again = client.put("/v1/aliases/prod", headers=auth(key), json={"model_id": resp["id"]})
+    assert again.status_code == 200 and again.json()["model_id"] == resp["id"]
+    assert [a["name"] for a in client.get("/v1/aliases", headers=auth(key)).json()] == ["prod"]
+
+    assert client.put("/v1/aliases/Bad Name!", headers=auth(key), json={"model_id": probe["id"]}).status_code == 422
+    assert client.put("/v1/aliases/x", headers=auth(key), json={"model_id": "mdl_nope"}).status_code == 404
+    assert client.get("/v1/aliases/prod", headers=auth(other)).status_code == 404  # another tenant's name space
+    assert client.put("/v1/aliases/prod", headers=auth(other), json={"model_id": probe["id"]}).status_code == 404
+
+    assert client.delete(f"/v1/models/{resp['id']}", headers=auth(key)).status_code == 204
+    assert client.get("/v1/aliases/prod", headers=auth(key)).status_code == 404  # gone with its model
+    client.put("/v1/aliases/tmp", headers=auth(key), json={"model_id": probe["id"]})
+    assert client.delete("/v1/aliases/tmp", headers=auth(key)).status_code == 204
+    assert client.get("/v1/aliases", headers=auth(key)).json() == []

@@ -1,0 +1,36 @@
+"""/v1/aliases: stable names for models, so an application's code does not change when a model is retrained."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from core import aliases
+from service.deps import SessionDep, TenantDep
+from service.schemas import AliasOut, AliasRequest
+
+router = APIRouter(prefix="/v1/aliases", tags=["aliases"])
+
+
+@router.get("", response_model=list[AliasOut])
+def list_aliases(session: SessionDep, tenant_id: TenantDep) -> list[AliasOut]:
+    return [AliasOut.from_row(a) for a in aliases.list_aliases(session, tenant_id)]
+
+
+@router.get("/{name}", response_model=AliasOut)
+def get_alias(name: str, session: SessionDep, tenant_id: TenantDep) -> AliasOut:
+    return AliasOut.from_row(aliases.get_alias(session, tenant_id, name))
+
+
+@router.put("/{name}", response_model=AliasOut, responses={201: {"model": AliasOut}})
+def put_alias(name: str, body: AliasRequest, session: SessionDep, tenant_id: TenantDep, response: Response) -> AliasOut:
+    """Create the alias (201) or repoint it (200), atomically: the next prediction uses the new model."""
+    alias, created = aliases.point(session, tenant_id, name, body.model_id)
+    session.commit()
+    response.status_code = 201 if created else 200
+    return AliasOut.from_row(alias)
+
+
+@router.delete("/{name}", status_code=204)
+def delete_alias(name: str, session: SessionDep, tenant_id: TenantDep) -> None:
+    aliases.delete_alias(session, tenant_id, name)
+    session.commit()
