@@ -231,6 +231,17 @@ def test_cancel_of_a_running_extraction_stops_within_a_batch_and_a_duplicate_mes
         assert client.get(f"/v1/features/{fs2['id']}", headers=auth(key)).json()["status"] == "cancelled"
 
 
+# Enough epochs that the job is still running when the test sends SIGTERM after the second, on a fast machine too.
+EPOCHS = 300
+
+
+def _epochs_done(job: dict) -> int:
+    """Epochs a running fine-tune has finished; a job that ended before the test could act fails the test."""
+    assert job["status"] in {"queued", "running"}, f"the fine-tune ended before it could be drained: {job}"
+    progress = job["progress"]
+    return progress["done"] if progress.get("stage") == "epoch" else 0
+
+
 def test_sigterm_drains_a_finetune_back_to_the_queue_and_it_resumes(tmp_path: Path, postgres_url: str) -> None:
     with running_deployment(tmp_path, postgres_url, REDIS_URL) as dep, dep.client() as client:
         key = dep.api_key
@@ -240,17 +251,10 @@ def test_sigterm_drains_a_finetune_back_to_the_queue_and_it_resumes(tmp_path: Pa
             "dataset_id": ds["id"],
             "backbone": "lenet5",
             "strategy": "finetune",
-            "finetune": {"epochs": 40, "early_stopping_patience": 0, "batch_size": 16},
+            "finetune": {"epochs": EPOCHS, "early_stopping_patience": 0, "batch_size": 16},
         }
         model = client.post("/v1/models", headers=auth(key), json=body).json()
-        _until(
-            lambda: (
-                (s := _job(client, key, model["job_id"]))["progress"].get("stage") == "epoch"
-                and s["progress"]["done"] >= 2
-            ),
-            240,
-            "two epochs",
-        )
+        _until(lambda: _epochs_done(_job(client, key, model["job_id"])) >= 2, 240, "two epochs")
         worker = dep.workers[-1]
         start = time.monotonic()
         os.kill(worker.pid, signal.SIGTERM)  # warm shutdown of the worker's main process
@@ -262,5 +266,5 @@ def test_sigterm_drains_a_finetune_back_to_the_queue_and_it_resumes(tmp_path: Pa
         dep.start_worker()
         job = wait_for_job(client, model["job_id"], key, timeout=300)
         assert job["status"] == "succeeded", (job, dep.dump_logs())
-        assert [row["epoch"] for row in job["metrics"]["history"]] == list(range(1, 41))
+        assert [row["epoch"] for row in job["metrics"]["history"]] == list(range(1, EPOCHS + 1))
         assert job["metrics"]["resumed_from_epoch"] >= 2 and job["attempts"] == 1
