@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
 
 from core import aliases
-from service.deps import SessionDep, TenantDep
-from service.schemas import AliasOut, AliasRequest
+from core.db import session_scope
+from service.deps import SessionDep, SettingsDep, TenantDep
+from service.routes.models import predict_files
+from service.schemas import AliasOut, AliasRequest, PredictOut
 
 router = APIRouter(prefix="/v1/aliases", tags=["aliases"])
 
@@ -34,3 +39,22 @@ def put_alias(name: str, body: AliasRequest, session: SessionDep, tenant_id: Ten
 def delete_alias(name: str, session: SessionDep, tenant_id: TenantDep) -> None:
     aliases.delete_alias(session, tenant_id, name)
     session.commit()
+
+
+def _resolve(tenant_id: str, name: str) -> str:
+    with session_scope() as session:  # a short session: none is held while the images are read and predicted
+        return aliases.resolve(session, tenant_id, name)
+
+
+@router.post("/{name}/predict", response_model=PredictOut, response_model_exclude_none=True)
+async def predict(
+    name: str,
+    request: Request,
+    tenant_id: TenantDep,
+    settings: SettingsDep,
+    files: Annotated[list[UploadFile], File()],
+    top_k: Annotated[int, Form(ge=1, le=100)] = 3,
+) -> dict[str, Any]:
+    """Predict with the model the alias points to now; ``model_id`` in the answer says which one."""
+    model_id = await run_in_threadpool(_resolve, tenant_id, name)
+    return await predict_files(request, tenant_id, model_id, files, top_k, settings)

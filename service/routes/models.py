@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from core import models as mdl
+from core.settings import Settings
 from core.storage import get_storage
 from service.deps import SessionDep, SettingsDep, TenantDep
 from service.schemas import CompareRequest, Created, JobRef, ModelOut, ModelRequest, PredictOut
@@ -70,6 +71,19 @@ def _prepare(tenant_id: str, model_id: str, payload: list[tuple[str, bytes]]) ->
     return predictor, decode_files(payload, predictor.spec)
 
 
+async def predict_files(
+    request: Request, tenant_id: str, model_id: str, files: list[UploadFile], top_k: int, settings: Settings
+) -> dict[str, Any]:
+    """The predictions of one model for uploaded files: the body of ``POST .../predict``, by id or alias."""
+    payload = await read_files(files, settings)
+    predictor, batch = await run_in_threadpool(_prepare, tenant_id, model_id, payload)
+    rows: list[dict[str, Any]] = []
+    if batch.pixels is not None:
+        probs = await request.app.state.batcher.submit(model_id, batch.pixels, predictor.predict_proba)
+        rows = top_k_rows(predictor.labels, probs, top_k)
+    return {"model_id": model_id, "predictions": per_file(batch, rows)}
+
+
 @router.post("/{model_id}/predict", response_model=PredictOut, response_model_exclude_none=True)
 async def predict(
     model_id: str,
@@ -79,13 +93,7 @@ async def predict(
     files: Annotated[list[UploadFile], File()],
     top_k: Annotated[int, Form(ge=1, le=100)] = 3,
 ) -> dict[str, Any]:
-    payload = await read_files(files, settings)
-    predictor, batch = await run_in_threadpool(_prepare, tenant_id, model_id, payload)
-    rows: list[dict[str, Any]] = []
-    if batch.pixels is not None:
-        probs = await request.app.state.batcher.submit(model_id, batch.pixels, predictor.predict_proba)
-        rows = top_k_rows(predictor.labels, probs, top_k)
-    return {"model_id": model_id, "predictions": per_file(batch, rows)}
+    return await predict_files(request, tenant_id, model_id, files, top_k, settings)
 
 
 @router.post("/{model_id}/predictions", status_code=202, response_model=JobRef)

@@ -246,8 +246,17 @@ def test_aliases_point_repoint_and_follow_their_model(env, probe) -> None:
     body = {"dataset_id": dataset_id, "head": {"type": "ridge", "C": 1.0}}
     resp = client.post("/v1/models", headers=auth(key), json=body).json()
     assert wait_for_job(client, resp["job_id"], key)["status"] == "succeeded"
+    png = next(iter(iter_labelled_pngs("fashion", per_class=1, seed=3)))[2]
+    files = [("files", ("a.png", png, "image/png"))]
+    served = client.post("/v1/aliases/prod/predict", headers=auth(key), files=files)
+    assert served.status_code == 200 and served.json()["model_id"] == probe["id"], served.text
+    by_id = client.post(f"/v1/models/{probe['id']}/predict", headers=auth(key), files=files).json()
+    assert served.json()["predictions"] == by_id["predictions"]
     again = client.put("/v1/aliases/prod", headers=auth(key), json={"model_id": resp["id"]})
     assert again.status_code == 200 and again.json()["model_id"] == resp["id"]
+    served = client.post("/v1/aliases/prod/predict", headers=auth(key), files=files)
+    assert served.status_code == 200 and served.json()["model_id"] == resp["id"]  # the next request follows
+    assert client.post("/v1/aliases/nope/predict", headers=auth(key), files=files).status_code == 404
     assert [a["name"] for a in client.get("/v1/aliases", headers=auth(key)).json()] == ["prod"]
 
     assert client.put("/v1/aliases/Bad Name!", headers=auth(key), json={"model_id": probe["id"]}).status_code == 422
