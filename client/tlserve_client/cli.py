@@ -524,8 +524,48 @@ def models_delete(model_id: str) -> None:
     click.echo(f"deleted model {model_id}", err=True)
 
 
-@click.command("predict")
+@click.group("aliases")
+def aliases() -> None:
+    """Stable model names for applications: list, set (create or repoint), delete."""
+
+
+@aliases.command("list")
+@click.option("--format", "fmt", type=FORMATS, default="text", show_default=True)
+def aliases_list(fmt: str) -> None:
+    """List the aliases and the model each points to."""
+    rows = _client().aliases.list()
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    table = Table()
+    for col in ("alias", "model", "updated"):
+        table.add_column(col)
+    for a in rows:
+        table.add_row(a["name"], a["model_id"], a["updated_at"])
+    _console(err=False).print(table)
+
+
+@aliases.command("set")
+@click.argument("name")
 @click.argument("model_id")
+@click.option("--format", "fmt", type=FORMATS, default="text", show_default=True)
+def aliases_set(name: str, model_id: str, fmt: str) -> None:
+    """Point alias NAME at MODEL_ID (creating it, or repointing it atomically)."""
+    alias = _client().aliases.set(name, model_id)
+    click.echo(f"alias {name} -> {model_id}", err=True)
+    _emit(dict(alias), fmt, key="name")
+
+
+@aliases.command("delete")
+@click.argument("name")
+def aliases_delete(name: str) -> None:
+    """Delete alias NAME (the model stays)."""
+    _client().aliases.delete(name)
+    click.echo(f"deleted alias {name}", err=True)
+
+
+@click.command("predict")
+@click.argument("model_id", metavar="MODEL")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", type=click.IntRange(1, 100), default=3, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
@@ -537,10 +577,17 @@ def models_delete(model_id: str) -> None:
     help="more images than this go through a batch-prediction job",
 )
 def predict(model_id: str, paths: tuple[Path, ...], top_k: int, fmt: str, batch_over: int) -> None:
-    """Predict the labels of image FILEs and of the images in DIRs (prints predictions only)."""
+    """Predict the labels of image FILEs and of the images in DIRs with MODEL, a model id or @ALIAS
+    (prints predictions only)."""
     files = image_files(paths)
     client = _client()
-    if len(files) > batch_over:
+    alias = model_id[1:] if model_id.startswith("@") else None
+    if alias and len(files) > batch_over:
+        model_id = client.aliases.get(alias)["model_id"]  # a batch job runs on the model the alias names now
+        alias = None
+    if alias:
+        rows = [dict(r) for r in client.aliases.predict(alias, [str(f) for f, _ in files], top_k)]
+    elif len(files) > batch_over:
         console = _console(err=True)
 
         def started(accepted: dict[str, Any]) -> None:
@@ -713,7 +760,17 @@ def login(login_url: str | None, login_key: str | None, verify: bool) -> None:
     click.echo(f"saved the URL and key for {url} in {path} (mode 0600)", err=True)
 
 
-CLIENT_COMMANDS: tuple[click.Command, ...] = (datasets, features, models, predict, compare, jobs, backbones, login)
+CLIENT_COMMANDS: tuple[click.Command, ...] = (
+    datasets,
+    features,
+    models,
+    aliases,
+    predict,
+    compare,
+    jobs,
+    backbones,
+    login,
+)
 
 
 def mount(group: click.Group) -> click.Group:

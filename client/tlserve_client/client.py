@@ -1,5 +1,6 @@
 """``Client(url, api_key)``: typed methods over tlserve's REST API (v1), grouped by resource:
-``client.datasets``, ``client.features``, ``client.models``, ``client.jobs``, ``client.backbones``."""
+``client.datasets``, ``client.features``, ``client.models``, ``client.aliases``, ``client.jobs``,
+``client.backbones``."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from tlserve_client.sse import parse_events
 from tlserve_client.types import (
     TERMINAL,
     Accepted,
+    Alias,
     Backbone,
     Dataset,
     FeatureSet,
@@ -297,16 +299,7 @@ class Models(_Resource):
     def predict(self, model_id: str, images: Sequence[Any] | Any, top_k: int = 3) -> list[Prediction]:
         """Predictions for images given as paths, bytes, ``(name, bytes)`` pairs or PIL images, in order.
         A file that cannot be read gets an ``error`` instead of a label. Sent ``MAX_SYNC_FILES`` at a time."""
-        if not isinstance(images, list | tuple):
-            images = [images]
-        uploads = [as_upload(img, i) for i, img in enumerate(images)]
-        out: list[Prediction] = []
-        for start in range(0, len(uploads), MAX_SYNC_FILES):
-            chunk = uploads[start : start + MAX_SYNC_FILES]
-            files = [("files", (name, data, "application/octet-stream")) for name, data in chunk]
-            body = self._c._json("POST", f"/v1/models/{model_id}/predict", files=files, data={"top_k": str(top_k)})
-            out.extend(cast(list[Prediction], body["predictions"]))
-        return out
+        return self._c._predict(f"/v1/models/{model_id}/predict", images, top_k)
 
     def start_batch(self, model_id: str, images: Sequence[Any] | str | os.PathLike[str], top_k: int = 3) -> Accepted:
         """Start a batch-prediction job: ``images`` is a zip file, or paths/folders/bytes/PIL images that
@@ -399,6 +392,28 @@ class Models(_Resource):
         return self._c.jobs.wait(accepted["job_id"], timeout=timeout, on_event=on_event)
 
 
+class Aliases(_Resource):
+    """Stable names for models: an application predicts through ``aliases.predict("prod", ...)`` and a
+    retrained model goes live with ``aliases.set("prod", new_model_id)``, with no change to its code."""
+
+    def list(self) -> list[Alias]:
+        return cast(list[Alias], self._c._json("GET", "/v1/aliases"))
+
+    def get(self, name: str) -> Alias:
+        return cast(Alias, self._c._json("GET", f"/v1/aliases/{name}"))
+
+    def set(self, name: str, model_id: str) -> Alias:
+        """Create the alias or repoint it to ``model_id`` (a ready model), atomically."""
+        return cast(Alias, self._c._json("PUT", f"/v1/aliases/{name}", json={"model_id": model_id}))
+
+    def delete(self, name: str) -> None:
+        self._c._request("DELETE", f"/v1/aliases/{name}")
+
+    def predict(self, name: str, images: Sequence[Any] | Any, top_k: int = 3) -> list[Prediction]:
+        """Predictions of the model the alias points to at the time of each request (see ``Models.predict``)."""
+        return self._c._predict(f"/v1/aliases/{name}/predict", images, top_k)
+
+
 class Backbones(_Resource):
     def list(self) -> list[Backbone]:
         return cast(list[Backbone], self._c._list("/v1/backbones"))
@@ -448,6 +463,7 @@ class Client:
         self.datasets = Datasets(self)
         self.features = Features(self)
         self.models = Models(self)
+        self.aliases = Aliases(self)
         self.jobs = Jobs(self)
         self.backbones = Backbones(self)
 
@@ -482,6 +498,18 @@ class Client:
             ) from None
 
     # --- transport -------------------------------------------------------------------------------------------
+
+    def _predict(self, path: str, images: Sequence[Any] | Any, top_k: int) -> list[Prediction]:
+        if not isinstance(images, list | tuple):
+            images = [images]
+        uploads = [as_upload(img, i) for i, img in enumerate(images)]
+        out: list[Prediction] = []
+        for start in range(0, len(uploads), MAX_SYNC_FILES):
+            chunk = uploads[start : start + MAX_SYNC_FILES]
+            files = [("files", (name, data, "application/octet-stream")) for name, data in chunk]
+            body = self._json("POST", path, files=files, data={"top_k": str(top_k)})
+            out.extend(cast(list[Prediction], body["predictions"]))
+        return out
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

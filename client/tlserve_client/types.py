@@ -116,6 +116,15 @@ class Model(TypedDict, total=False):
     created_at: str
 
 
+class Alias(TypedDict):
+    """A stable name for a model: applications predict through it, and repointing it needs no code change."""
+
+    name: str
+    model_id: str
+    created_at: str
+    updated_at: str
+
+
 class Backbone(TypedDict, total=False):
     name: str
     feature_dim: int

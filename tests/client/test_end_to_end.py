@@ -102,6 +102,10 @@ def test_python_client_folder_to_prediction(deployment, image_folder: Path, new_
         assert all(r["label"] in model["labels"] and 0 < r["score"] <= 1 for r in rows[:3])
         assert "error" in rows[3] and "label" not in rows[3]
 
+        alias = tl.aliases.set("products", model["id"])
+        assert alias["model_id"] == model["id"] and "products" in {a["name"] for a in tl.aliases.list()}
+        assert tl.aliases.predict("products", files[:2]) == tl.predict(model["id"], files[:2])
+
         batch = tl.models.predict_batch(model["id"], [new_images])
         assert len(batch) == len(files) and all(r["label"] in model["labels"] for r in batch)
 
@@ -147,6 +151,17 @@ def test_command_line_folder_to_prediction(deployment, image_folder: Path, new_i
     rows = json.loads(out.stdout)["predictions"]
     labels = json.loads(cli(deployment, "models", "show", model_id, "--format", "json").stdout)["labels"]
     assert [r["file"] for r in rows] == files[:2] and all(r["label"] in labels for r in rows)
+
+    assert last_line(cli(deployment, "aliases", "set", "shop", model_id)) == "shop"
+    assert last_line(cli(deployment, "aliases", "set", "shop", tuned_id)) == "shop"  # repointed
+    listed = cli(deployment, "aliases", "list", "--format", "json")
+    assert {a["name"]: a["model_id"] for a in json.loads(listed.stdout)}["shop"] == tuned_id
+    via_alias = cli(deployment, "predict", "@shop", files[0], "--format", "json")
+    assert via_alias.returncode == 0, via_alias.stderr
+    tuned_labels = json.loads(cli(deployment, "models", "show", tuned_id, "--format", "json").stdout)["labels"]
+    assert json.loads(via_alias.stdout)["predictions"][0]["label"] in tuned_labels
+    assert cli(deployment, "aliases", "delete", "shop").returncode == 0
+    assert_one_error_line(cli(deployment, "predict", "@shop", files[0]))  # a deleted alias: one error line
 
     big = cli(deployment, "predict", model_id, str(new_images), "--batch-over", "3", "--format", "csv")
     assert big.returncode == 0, big.stderr
