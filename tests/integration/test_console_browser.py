@@ -269,6 +269,23 @@ def test_from_a_zip_to_a_prediction_in_the_browser(
     assert shown["broken.png"].get_attribute("data-error") == "1"
     page.shot("06-prediction")
 
+    # publish the model under an alias, then find it in the models list; a bad name is refused before sending
+    page.find("#alias-name").send_keys("Bad Name!")
+    page.find("#alias-button").click()
+    assert browser.execute_script("return document.querySelector('#alias-name').validity.patternMismatch")
+    page.find("#alias-name").clear()
+    page.find("#alias-name").send_keys("digits-prod")
+    page.find("#alias-button").click()
+    page.until(lambda: page.find_all("#model-aliases .alias"), "the published alias")
+    assert page.find("#model-aliases .alias").text == "digits-prod"
+    with deployment.client() as api:
+        alias = api.get("/v1/aliases/digits-prod", headers=auth(deployment.api_key)).json()
+    assert alias["model_id"] == model_id
+    browser.get(f"{deployment.base_url}/ui/#/models")
+    page.until(lambda: page.find_all("#aliases-table tr[data-alias='digits-prod']"), "the alias in the models list")
+    assert page.find("#aliases-table tr[data-alias='digits-prod']").get_attribute("data-model") == model_id
+    page.shot("07-aliases")
+
     # the key was only ever sent in a header: no URL the page fetched carries it
     urls = browser.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
     assert urls and not [u for u in urls if deployment.api_key in u]

@@ -1,4 +1,5 @@
-// #/models (list, leaderboards) and #/models/{id} (metrics, confusion heat map, curves, try a prediction).
+// #/models (list, aliases, leaderboards) and #/models/{id} (metrics, confusion heat map, curves, try a
+// prediction, publish under an alias).
 
 import { getJSON, isTerminal, request } from "../api.js";
 import { confusionHeatmap, scoreBar } from "../charts.js";
@@ -7,7 +8,8 @@ import { historyCharts, leaderboard } from "./job.js";
 import { jobPanel } from "./progress.js";
 
 export async function renderModels(root, _params, signal) {
-  const [models, jobs] = await Promise.all([getJSON("/v1/models", { signal }), getJSON("/v1/jobs", { signal })]);
+  const [models, jobs, aliases] = await Promise.all([
+    getJSON("/v1/models", { signal }), getJSON("/v1/jobs", { signal }), getJSON("/v1/aliases", { signal })]);
   root.append(h("h1", {}, "Models"));
   const card = h("div", { className: "card" }, h("h2", {}, "Your models"));
   if (!models.length) {
@@ -25,7 +27,7 @@ export async function renderModels(root, _params, signal) {
         h("td", { className: "num" }, fmtNum(m.metrics?.macro_f1)),
         h("td", { className: "muted" }, fmtDate(m.created_at)))))));
   }
-  root.append(card);
+  root.append(card, aliasesCard(aliases));
   const compares = jobs.filter((j) => j.kind === "compare" && j.status === "succeeded" && j.metrics?.leaderboard);
   const boards = h("div", { className: "card", id: "leaderboards" }, h("h2", {}, "Backbone comparisons"));
   if (!compares.length) {
@@ -40,6 +42,59 @@ export async function renderModels(root, _params, signal) {
     show();
   }
   root.append(boards);
+}
+
+function aliasesCard(aliases) {
+  const card = h("div", { className: "card", id: "aliases" }, h("h2", {}, "Aliases"));
+  if (!aliases.length) {
+    card.append(h("p", { className: "muted" }, "No aliases yet: open a model and publish it under a name that applications call."));
+    return card;
+  }
+  card.append(h("table", { id: "aliases-table" },
+    h("thead", {}, h("tr", {}, ["Alias", "Model", "Prediction URL", "Updated"].map((t) => h("th", {}, t)))),
+    h("tbody", {}, aliases.map((a) => h("tr", { dataset: { alias: a.name, model: a.model_id } },
+      h("td", {}, h("strong", {}, a.name)),
+      h("td", {}, h("a", { href: `#/models/${a.model_id}`, className: "mono" }, a.model_id)),
+      h("td", { className: "mono" }, `POST /v1/aliases/${a.name}/predict`),
+      h("td", { className: "muted" }, fmtDate(a.updated_at)))))));
+  return card;
+}
+
+/** Publish the model under an alias, or repoint an existing alias to it: applications keep their URL. */
+function aliasCard(model, aliases) {
+  const mine = aliases.filter((a) => a.model_id === model.id);
+  const others = aliases.filter((a) => a.model_id !== model.id);
+  const status = h("p", { id: "model-aliases" });
+  const show = () => clear(status).append(...(mine.length
+    ? ["Served as ", ...mine.flatMap((a, i) => [i ? ", " : "", h("strong", { className: "alias" }, a.name)])]
+    : [h("span", { className: "muted" }, "Not published under an alias.")]));
+  show();
+  const name = h("input", {
+    type: "text", id: "alias-name", placeholder: "e.g. production", maxLength: 64, list: "alias-names", required: true,
+    pattern: "[a-z0-9][a-z0-9._\\-]{0,63}", title: "lower-case letters, digits, '.', '_' or '-', starting with a letter or digit",
+  });
+  const known = h("datalist", { id: "alias-names" }, others.map((a) => h("option", { value: a.name })));
+  const error = h("p", { className: "error" });
+  const button = h("button", { type: "submit", id: "alias-button" }, "Publish");
+  const form = h("form", { className: "card", id: "alias-form" }, h("h2", {}, "Alias"), status,
+    h("label", {}, "Name (a new one, or an existing alias to repoint here)", name, known), error, button);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    error.textContent = "";
+    button.disabled = true;
+    try {
+      const alias = name.value.trim();
+      await request(`/v1/aliases/${encodeURIComponent(alias)}`, { method: "PUT", json: { model_id: model.id } });
+      if (!mine.some((a) => a.name === alias)) mine.push({ name: alias, model_id: model.id });
+      show();
+      name.value = "";
+    } catch (err) {
+      error.textContent = err.message;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return form;
 }
 
 function stat(k, v, id) {
@@ -70,7 +125,8 @@ export async function renderModel(root, [id], signal) {
     stat("test accuracy", fmtPct(m.accuracy), "model-accuracy"), stat("macro-F1", fmtNum(m.macro_f1), "model-macro-f1"),
     stat("train accuracy", fmtPct(m.train_accuracy)), stat("val accuracy", fmtPct(m.val_accuracy)),
     stat("classes", (model.labels || []).length))));
-  root.append(predictCard(model));
+  const aliases = await getJSON("/v1/aliases", { signal });
+  root.append(predictCard(model), aliasCard(model, aliases));
   const labels = m.labels || model.labels || [];
   if (m.confusion_matrix) {
     root.append(h("div", { className: "grid2" },
