@@ -269,3 +269,32 @@ def test_aliases_point_repoint_and_follow_their_model(env, probe) -> None:
     client.put("/v1/aliases/tmp", headers=auth(key), json={"model_id": probe["id"]})
     assert client.delete("/v1/aliases/tmp", headers=auth(key)).status_code == 204
     assert client.get("/v1/aliases", headers=auth(key)).json() == []
+
+
+def test_repointing_an_alias_under_load_fails_no_request(env, probe) -> None:
+    """Predictions through an alias keep answering 200 while it is repointed back and forth; each answer
+    comes from one of the two models, and once a repoint has returned, every later request uses it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, key, dataset_id = env
+    body = {"dataset_id": dataset_id, "head": {"type": "ridge", "C": 0.5}}
+    other = client.post("/v1/models", headers=auth(key), json=body).json()
+    assert wait_for_job(client, other["job_id"], key)["status"] == "succeeded"
+    models = [probe["id"], other["id"]]
+    assert client.put("/v1/aliases/live", headers=auth(key), json={"model_id": models[0]}).status_code in (200, 201)
+    png = next(iter(iter_labelled_pngs("fashion", per_class=1, seed=5)))[2]
+    files = [("files", ("a.png", png, "image/png"))]
+
+    def one(_: int) -> tuple[int, str]:
+        resp = client.post("/v1/aliases/live/predict", headers=auth(key), files=files)
+        return resp.status_code, resp.json().get("model_id", resp.text)
+
+    with ThreadPoolExecutor(8) as pool:
+        pending = [pool.submit(one, i) for i in range(160)]
+        for i in range(1, 9):  # repoint while the predictions are in flight
+            target = models[i % 2]
+            assert client.put("/v1/aliases/live", headers=auth(key), json={"model_id": target}).status_code == 200
+            assert one(0) == (200, target)  # the next request after the switch serves the new model
+        answers = [f.result() for f in pending]
+    assert {status for status, _ in answers} == {200}
+    assert {model for _, model in answers} <= set(models)
