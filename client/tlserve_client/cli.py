@@ -516,6 +516,21 @@ def models_show(model_id: str, fmt: str) -> None:
         console.print(table)
 
 
+@models.command("export")
+@click.argument("model_id")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="file or folder to write the graph to",
+)
+def models_export(model_id: str, output: Path) -> None:
+    """Save MODEL_ID as one ONNX graph (images in, class probabilities out); prints its path."""
+    click.echo(str(_client().models.export(model_id, output)))
+
+
 @models.command("delete")
 @click.argument("model_id")
 def models_delete(model_id: str) -> None:

@@ -238,14 +238,8 @@ class Features(_Resource):
 
     def download(self, feature_set_id: str, dest: str | os.PathLike[str]) -> Path:
         """Save the features as an ``.npz`` (``features``, ``labels``, ``image_ids``); returns its path."""
-        target = Path(dest)
-        if target.is_dir():
-            target = target / f"{feature_set_id}.npz"
         path = f"/v1/features/{feature_set_id}/download"
-        with self._c._stream("GET", path, params={"format": "npz"}) as resp, target.open("wb") as out:
-            for chunk in resp.iter_bytes():
-                out.write(chunk)
-        return target
+        return self._c._download(path, {"format": "npz"}, dest, f"{feature_set_id}.npz")
 
 
 class Models(_Resource):
@@ -300,6 +294,12 @@ class Models(_Resource):
         """Predictions for images given as paths, bytes, ``(name, bytes)`` pairs or PIL images, in order.
         A file that cannot be read gets an ``error`` instead of a label. Sent ``MAX_SYNC_FILES`` at a time."""
         return self._c._predict(f"/v1/models/{model_id}/predict", images, top_k)
+
+    def export(self, model_id: str, dest: str | os.PathLike[str], format: str = "onnx") -> Path:
+        """Save the model as one self-contained ONNX graph (uint8 images in, class probabilities out; class
+        names and preprocessing in its metadata); returns its path. ``dest`` may be a folder."""
+        path = f"/v1/models/{model_id}/export"
+        return self._c._download(path, {"format": format}, dest, f"{model_id}.{format}")
 
     def start_batch(self, model_id: str, images: Sequence[Any] | str | os.PathLike[str], top_k: int = 3) -> Accepted:
         """Start a batch-prediction job: ``images`` is a zip file, or paths/folders/bytes/PIL images that
@@ -556,6 +556,15 @@ class Client:
             items.extend(resp.json())
             url, params = resp.links.get("next", {}).get("url"), None
         return items
+
+    def _download(self, path: str, params: dict[str, str], dest: str | os.PathLike[str], name: str) -> Path:
+        target = Path(dest)
+        if target.is_dir():
+            target = target / name
+        with self._stream("GET", path, params=params) as resp, target.open("wb") as out:
+            for chunk in resp.iter_bytes():
+                out.write(chunk)
+        return target
 
     def _stream(self, method: str, path: str, **kwargs: Any) -> Any:
         return _Stream(self, method, path, kwargs)

@@ -15,6 +15,7 @@ from service.schemas import CompareRequest, Created, JobRef, ModelOut, ModelRequ
 from service.uploads import read_files, save_archive
 from workers import plan
 from workers.dispatch import submit
+from workers.runtime.export import model_graph
 from workers.runtime.inference import decode_files, per_file
 from workers.runtime.serving import PREDICTORS, top_k_rows
 
@@ -64,6 +65,19 @@ def delete_model(model_id: str, session: SessionDep, tenant_id: TenantDep) -> No
     session.commit()
     PREDICTORS.forget(model_id)
     get_storage().delete_prefix(prefix)
+
+
+@router.get(
+    "/{model_id}/export",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the model as one ONNX graph"}},
+)
+def export_model(model_id: str, tenant_id: TenantDep, format: Literal["onnx"] = "onnx") -> Response:
+    """The model as one self-contained ONNX graph: uint8 images in, class probabilities out; the class names,
+    the preprocessing and the lineage are in its metadata (see ``workers/runtime/export.py``)."""
+    data = model_graph(tenant_id, model_id)
+    headers = {"Content-Disposition": f'attachment; filename="{model_id}.onnx"'}
+    return Response(data, media_type="application/octet-stream", headers=headers)
 
 
 def _prepare(tenant_id: str, model_id: str, payload: list[tuple[str, bytes]]) -> tuple[Any, Any]:

@@ -106,6 +106,9 @@ def test_python_client_folder_to_prediction(deployment, image_folder: Path, new_
         assert alias["model_id"] == model["id"] and "products" in {a["name"] for a in tl.aliases.list()}
         assert tl.aliases.predict("products", files[:2]) == tl.predict(model["id"], files[:2])
 
+        graph = tl.models.export(model["id"], deployment.data_dir.parent)
+        assert graph.name == f"{model['id']}.onnx" and graph.stat().st_size > 1_000_000  # the backbone is inside
+
         batch = tl.models.predict_batch(model["id"], [new_images])
         assert len(batch) == len(files) and all(r["label"] in model["labels"] for r in batch)
 
@@ -151,6 +154,10 @@ def test_command_line_folder_to_prediction(deployment, image_folder: Path, new_i
     rows = json.loads(out.stdout)["predictions"]
     labels = json.loads(cli(deployment, "models", "show", model_id, "--format", "json").stdout)["labels"]
     assert [r["file"] for r in rows] == files[:2] and all(r["label"] in labels for r in rows)
+
+    target = deployment.data_dir.parent / "m.onnx"
+    assert last_line(cli(deployment, "models", "export", model_id, "-o", str(target))) == str(target)
+    assert target.stat().st_size > 1_000_000  # one graph with the backbone inside
 
     assert last_line(cli(deployment, "aliases", "set", "shop", model_id)) == "shop"
     assert last_line(cli(deployment, "aliases", "set", "shop", tuned_id)) == "shop"  # repointed

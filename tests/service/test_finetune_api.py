@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from core.sample_data import class_folder_zip, iter_labelled_pngs
 from tests.conftest import module_service
-from tests.helpers import auth, upload_dataset, wait_for_job
+from tests.helpers import assert_export_reproduces_the_service, auth, upload_dataset, wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def test_finetune_lenet_reports_epochs_metrics_and_predicts(env) -> None:
     assert all(p["label"] in model["labels"] for p in pred.json()["predictions"])
 
 
-def test_a_finetuned_model_is_a_backbone_for_features_and_probes(env) -> None:
+def test_a_finetuned_model_is_a_backbone_for_features_and_probes(env, tmp_path) -> None:
     client, key, dataset_id = env
     body = {
         "dataset_id": dataset_id,
@@ -83,6 +83,11 @@ def test_a_finetuned_model_is_a_backbone_for_features_and_probes(env) -> None:
     files = [("files", (n, d, "image/png")) for n, _, d in list(iter_labelled_pngs("digits", 1, seed=5))[:2]]
     pred = client.post(f"/v1/models/{probe.json()['id']}/predict", headers=auth(key), files=files)
     assert pred.status_code == 200 and len(pred.json()["predictions"]) == 2
+
+    # both export as one ONNX graph each: the fine-tuned network, and the probe on its features
+    images = [(name, data) for name, _, data in iter_labelled_pngs("digits", 1, seed=11)]
+    assert_export_reproduces_the_service(client, key, tuned["id"], images, tmp_path)
+    assert_export_reproduces_the_service(client, key, probe.json()["id"], images, tmp_path)
 
     from core.db import session_scope
     from core.tenancy import create_api_key

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from core.sample_data import class_folder_zip, iter_labelled_pngs
 from tests.conftest import module_service
-from tests.helpers import auth, upload_dataset, wait_for_job
+from tests.helpers import assert_export_reproduces_the_service, auth, upload_dataset, wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -298,3 +298,13 @@ def test_repointing_an_alias_under_load_fails_no_request(env, probe) -> None:
         answers = [f.result() for f in pending]
     assert {status for status, _ in answers} == {200}
     assert {model for _, model in answers} <= set(models)
+
+
+def test_a_probe_exports_as_one_onnx_graph_that_reproduces_the_service(env, probe, tmp_path) -> None:
+    client, key, _ = env
+    images = [(f"{i}.png", data) for i, (_, _, data) in enumerate(iter_labelled_pngs("fashion", per_class=1, seed=9))]
+    rows = assert_export_reproduces_the_service(client, key, probe["id"], images, tmp_path)
+    assert len(rows) == 10 and set(rows[0]["probabilities"]) == set(probe["labels"])
+    assert client.get("/v1/models/mdl_nope/export", headers=auth(key)).status_code == 404
+    other = client.get(f"/v1/models/{probe['id']}/export", headers=auth(key), params={"format": "tflite"})
+    assert other.status_code == 422
