@@ -41,16 +41,30 @@ def isolated_env(broker: str = "memory://") -> Path:
     return data
 
 
+def code_version() -> dict[str, Any]:
+    """The commit the figures come from, and whether the tree had uncommitted changes then."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain", "--", "."))}
+
+
 def write_result(name: str, result: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
+    context = {"machine": machine(), "code": code_version(), "load_average_1m_at_end": round(os.getloadavg()[0], 2)}
+    path.write_text(json.dumps({**context, **result}, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"written to {path.relative_to(ROOT)}")
     return path
 
 
-def ingest_sample(source: str, per_class: int, params: dict[str, Any], name: str = "bench") -> tuple[str, str, dict]:
+def ingest_sample(
+    source: str, per_class: int, params: dict[str, Any], name: str = "bench", side: int | None = None
+) -> tuple[str, str, dict]:
     """Ingest ``per_class`` real images per class through the ingestion job itself.
     Returns (tenant id, dataset id, the job's metrics with ``seconds`` and ``archive_bytes`` added)."""
     import time
@@ -64,10 +78,10 @@ def ingest_sample(source: str, per_class: int, params: dict[str, Any], name: str
     from core.tenancy import get_or_create_tenant
     from workers.jobs.ingest import ingest_job
 
-    archive = class_folder_zip(source, per_class=per_class)
+    archive = class_folder_zip(source, per_class=per_class, side=side)
     with session_scope() as s:
         tenant = get_or_create_tenant(s, name)
-        dataset, version = create_dataset(s, tenant.id, f"{source}-{per_class}", params)
+        dataset, version = create_dataset(s, tenant.id, f"{source}-{per_class}-{side}", params)
         job = jobs.create_job(s, tenant_id=tenant.id, kind="ingest")
         key = upload_key(tenant.id, job.id)
         job.params = {

@@ -63,16 +63,23 @@ def stratified_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.n
     return np.sort(np.concatenate(picks))
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
+def encode_png(pixels: np.ndarray, side: int | None = None) -> bytes:
+    """PNG bytes of ``pixels``, enlarged (bicubic) to ``side`` × ``side`` when given."""
     from PIL import Image
 
+    image = Image.fromarray(pixels)
+    if side is not None:
+        image = image.resize((side, side), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
+    image.save(buf, format="PNG")
     return buf.getvalue()
 
 
-def iter_labelled_pngs(source: str, per_class: int, seed: int = 0) -> Iterator[tuple[str, str, bytes]]:
-    """(file name, label, PNG bytes) for a stratified subset of ``source`` ("fashion" or "digits")."""
+def iter_labelled_pngs(
+    source: str, per_class: int, seed: int = 0, side: int | None = None
+) -> Iterator[tuple[str, str, bytes]]:
+    """(file name, label, PNG bytes) for a stratified subset of ``source`` ("fashion" or "digits"),
+    enlarged to ``side`` × ``side`` pixels when given (e.g. 300, the size of photos people upload)."""
     if source == "fashion":
         images, labels = fashion_mnist("train")
         names = FASHION_CLASSES
@@ -83,14 +90,16 @@ def iter_labelled_pngs(source: str, per_class: int, seed: int = 0) -> Iterator[t
         raise ValueError(f"unknown sample source {source!r}: use 'fashion' or 'digits'")
     for idx in stratified_subset(labels, per_class, seed):
         label = names[int(labels[idx])]
-        yield f"{label}_{idx:05d}.png", label, encode_png(images[idx])
+        yield f"{label}_{idx:05d}.png", label, encode_png(images[idx], side)
 
 
-def class_folder_zip(source: str, per_class: int, seed: int = 0, root: str | None = None) -> bytes:
+def class_folder_zip(
+    source: str, per_class: int, seed: int = 0, root: str | None = None, side: int | None = None
+) -> bytes:
     """A zip with one folder per class (optionally under a single top folder ``root``)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, label, data in iter_labelled_pngs(source, per_class, seed):
+        for name, label, data in iter_labelled_pngs(source, per_class, seed, side):
             zf.writestr(f"{root + '/' if root else ''}{label}/{name}", data)
     return buf.getvalue()
 

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     torch_threads: int = 1
     ort_threads: int = 1
     decode_threads: int = 1
+    ingest_threads: int = Field(2, ge=1, le=64)  # an ingestion job decodes and re-encodes on this many threads
     batch_size: int = 32
     device: str = "auto"  # auto | cpu | cuda | mps
     model_cache_size: int = 4

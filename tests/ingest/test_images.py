@@ -14,7 +14,15 @@ from PIL import Image
 
 from core.settings import Settings
 from tests.ingest.factories import IMAGE_LIMITS, digit, encode, photo, png_bomb
-from workers.ingest import DecodedImage, ImageLimits, ImageRejected, canonical_copy, decode_image
+from workers.ingest import (
+    DecodedImage,
+    ImageLimits,
+    ImageRejected,
+    canonical_bytes,
+    canonical_copy,
+    decode_image,
+    decoding,
+)
 
 
 def decode(data: bytes, filename: str = "upload.bin") -> DecodedImage:
@@ -190,3 +198,50 @@ def test_pillow_limit_is_restored_for_other_users() -> None:
     rejection(png_bomb(7_000, 7_000))
     decode(encode(digit(0)))
     assert before == Image.MAX_IMAGE_PIXELS
+
+
+@pytest.mark.parametrize(
+    ("make", "reused"),
+    [
+        (lambda: encode(digit(0)), True),  # 8-bit grey PNG, small: the upload is already canonical
+        (lambda: encode(photo("astronaut").resize((300, 300))), True),  # RGB PNG within the short side
+        (lambda: encode(photo("coffee")), False),  # larger than the short side: shrunk
+        (lambda: encode(digit(0).convert("LA")), False),  # transparency is composited on white
+        (lambda: encode(photo("astronaut").resize((300, 300)), "JPEG"), False),  # lossy: re-encoded
+        (lambda: encode(digit(0), exif=_rotated_exif()), False),  # EXIF rotation applied
+    ],
+)
+def test_the_canonical_copy_is_the_upload_only_when_that_is_lossless_and_small(make, reused: bool) -> None:
+    data = make()
+    decoded = decode(data, "x.png")
+    copy = canonical_bytes(decoded, data, 320)
+    assert (copy == data) is reused
+    stored = Image.open(io.BytesIO(copy))
+    want = (
+        decoded.image if min(decoded.image.size) <= 320 else Image.open(io.BytesIO(canonical_copy(decoded.image, 320)))
+    )
+    assert (pixels(stored.convert("RGB")) == pixels(want.convert("RGB"))).all()  # the same pixels either way
+
+
+def _rotated_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return exif
+
+
+def test_decoding_many_on_threads_gives_what_one_at_a_time_gives() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    uploads = [encode(digit(i)) for i in range(40)] + [png_bomb(7_000, 7_000), b"not an image"]
+    before = Image.MAX_IMAGE_PIXELS
+
+    def one(decode_fn, data):  # type: ignore[no-untyped-def]
+        try:
+            return decode_fn(data, "x.png").sha256
+        except ImageRejected as exc:
+            return exc.reason
+
+    with decoding(IMAGE_LIMITS) as decode_fn, ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda d: one(decode_fn, d), uploads))
+    assert threaded == [one(lambda d, n: decode_image(d, n, IMAGE_LIMITS), d) for d in uploads]
+    assert "limit" in threaded[-2] and before == Image.MAX_IMAGE_PIXELS

@@ -12,8 +12,10 @@ from workers.ingest.images import (
     DecodedImage,
     ImageLimits,
     ImageRejected,
+    canonical_bytes,
     canonical_copy,
     decode_image,
+    decoding,
 )
 from workers.ingest.labels import clean_label, labels_for_files
 from workers.ingest.records import Member, Rejection
@@ -27,9 +29,11 @@ __all__ = [
     "ImageRejected",
     "Member",
     "Rejection",
+    "canonical_bytes",
     "canonical_copy",
     "clean_label",
     "decode_image",
+    "decoding",
     "labels_for_files",
     "read_archive",
     "stratified_split",

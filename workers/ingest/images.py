@@ -21,7 +21,7 @@ import hashlib
 import io
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -36,6 +36,7 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 _TRANSPARENT_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 _CORRUPT = "image data is truncated or corrupt"
+_ORIENTATION = 0x0112  # the EXIF tag
 # What a malformed file can make Pillow's decoders raise.
 _DECODE_ERRORS = (
     OSError,
@@ -77,24 +78,46 @@ class DecodedImage:
     width: int
     height: int
     size_bytes: int
+    # The uploaded bytes decode to exactly ``image`` wherever the service reads them: an 8-bit grey or RGB
+    # PNG with no EXIF rotation (grey L → RGB → L is the identity). Its canonical copy can be the upload.
+    lossless_original: bool = False
 
 
 def decode_image(data: bytes, filename: str, limits: ImageLimits) -> DecodedImage:
     """Decode ``data`` fully into an upright RGB image under ``limits``, or raise ``ImageRejected``.
     ``filename`` only makes messages clearer; it never decides the type."""
+    with _pixel_limit(limits.max_pixels):
+        return _decode(data, filename, limits)
+
+
+@contextmanager
+def decoding(limits: ImageLimits) -> Iterator[Callable[[bytes, str], DecodedImage]]:
+    """``decode_image`` for many images, from several threads at once: the process-wide pixel limit is set
+    once around them all (Pillow releases the GIL while it decodes and encodes)."""
+    with _pixel_limit(limits.max_pixels):
+        yield lambda data, filename: _decode(data, filename, limits)
+
+
+def _decode(data: bytes, filename: str, limits: ImageLimits) -> DecodedImage:
     if not data:
         raise ImageRejected("empty file")
-    with _pixel_limit(limits.max_pixels):
-        im = _open(data, filename, limits)
-        try:
-            im.load()  # first frame only: Image.open leaves an animation on frame 0
-        except _BOMB as e:  # a frame or tile larger than the declared canvas
-            raise ImageRejected(_too_large(str(e), limits)) from None
-        except _DECODE_ERRORS:
-            raise ImageRejected(_CORRUPT) from None
-    image = _to_rgb(_upright(im))
+    im = _open(data, filename, limits)
+    try:
+        im.load()  # first frame only: Image.open leaves an animation on frame 0
+    except _BOMB as e:  # a frame or tile larger than the declared canvas
+        raise ImageRejected(_too_large(str(e), limits)) from None
+    except _DECODE_ERRORS:
+        raise ImageRejected(_CORRUPT) from None
+    upright = _upright(im)
+    image = _to_rgb(upright)
+    lossless = (
+        im.format == "PNG"
+        and im.mode in ("L", "RGB")
+        and "transparency" not in im.info
+        and im.getexif().get(_ORIENTATION, 1) == 1
+    )
     return DecodedImage(
-        image, hashlib.sha256(data).hexdigest(), im.format or "unknown", image.width, image.height, len(data)
+        image, hashlib.sha256(data).hexdigest(), im.format or "unknown", image.width, image.height, len(data), lossless
     )
 
 
@@ -193,11 +216,20 @@ def _stretch(values: np.ndarray) -> np.ndarray:
 
 def canonical_copy(image: Image.Image, short_side: int) -> bytes:
     """A PNG of ``image`` with its shorter side brought down to ``short_side`` (never enlarged), for the
-    cheap later passes (previews, feature extraction at small input sizes). Lanczos, lossless."""
+    cheap later passes (previews, feature extraction at small input sizes). Lanczos, lossless; zlib level 1
+    (a third of the default level's time for a third more bytes: ingestion is CPU-bound, disks are not)."""
     scale = short_side / min(image.size)
     if scale < 1:
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def canonical_bytes(decoded: DecodedImage, data: bytes, short_side: int) -> bytes:
+    """The canonical copy of a decoded upload: the upload itself when it already is one (a lossless PNG
+    no larger than ``short_side``), else ``canonical_copy``."""
+    if decoded.lossless_original and min(decoded.width, decoded.height) <= short_side:
+        return data
+    return canonical_copy(decoded.image, short_side)

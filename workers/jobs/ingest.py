@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from core.status import VersionStatus
 from core.storage import get_storage
 from core.tables import DatasetVersion, Image
 from workers.ingest.archive import ArchiveLimits, Member, Rejection, read_archive
-from workers.ingest.images import ImageLimits, ImageRejected, canonical_copy, decode_image
+from workers.ingest.images import DecodedImage, ImageLimits, ImageRejected, canonical_bytes, decoding
 from workers.ingest.stratify import stratified_split
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,35 @@ def _open_members(ctx: JobContext) -> Iterator[tuple[int, Iterator[Member], list
     yield len(files), stream, []
 
 
+@dataclass
+class _Decoded:
+    member: Member
+    image: DecodedImage | None  # None: rejected for ``reason``
+    canonical: bytes = b""
+    reason: str = ""
+
+
+def _decoded(members: Iterator[Member], limits: ImageLimits, short_side: int, threads: int) -> Iterator[_Decoded]:
+    """Each member decoded and its canonical copy made, in upload order, on ``threads`` threads with at most
+    ``4 × threads`` images in flight (memory stays bounded; Pillow releases the GIL while it codes)."""
+
+    def prepare(decode: Callable[[bytes, str], DecodedImage], member: Member) -> _Decoded:
+        try:
+            img = decode(member.data, member.name)
+        except ImageRejected as exc:
+            return _Decoded(member, None, reason=exc.reason)
+        return _Decoded(member, img, canonical_bytes(img, member.data, short_side))
+
+    with decoding(limits) as decode, ThreadPoolExecutor(max_workers=threads) as pool:
+        window: deque[Future[_Decoded]] = deque()
+        for member in members:
+            window.append(pool.submit(prepare, decode, member))
+            if len(window) >= 4 * threads:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
 def _store_images(
     ctx: JobContext, known: dict[str, str], rejected: list[dict[str, str]]
 ) -> tuple[list[_Accepted], list[dict[str, str]]]:
@@ -68,13 +98,13 @@ def _store_images(
     accepted: dict[str, _Accepted] = {}
     duplicates: list[dict[str, str]] = []
     with _open_members(ctx) as (expected, members, archive_rejections):
-        for i, member in enumerate(members):
+        stream = _decoded(members, limits, settings.canonical_short_side, settings.ingest_threads)
+        for i, item in enumerate(stream):
             ctx.check_cancelled()
             ctx.progress("decode", i, expected)
-            try:
-                img = decode_image(member.data, member.name, limits)
-            except ImageRejected as exc:
-                rejected.append({"file": member.name, "reason": exc.reason})
+            member, img = item.member, item.image
+            if img is None:
+                rejected.append({"file": member.name, "reason": item.reason})
                 continue
             sha = img.sha256
             if sha in accepted or sha in known:
@@ -91,7 +121,7 @@ def _store_images(
                 storage.put_bytes(key, member.data, durable=False)
             ckey = canonical_key(tenant_id, dataset_id, sha)
             if not storage.exists(ckey):
-                storage.put_bytes(ckey, canonical_copy(img.image, settings.canonical_short_side), durable=False)
+                storage.put_bytes(ckey, item.canonical, durable=False)
             accepted[sha] = _Accepted(sha, member.name, member.label, img.width, img.height, img.size_bytes, img.format)
         rejected[:0] = [{"file": r.file, "reason": r.reason} for r in archive_rejections]
     storage.sync()  # every blob is on disk before the version that names it is published
