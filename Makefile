@@ -12,6 +12,7 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -e ./client -e '.[dev]'
+	$(BIN)/tlserve warm  # the default backbone's ONNX export, once per installation (~10 s)
 	touch $@
 
 # Real images from a Debian package (Fashion-MNIST); the demo falls back to scikit-learn's digits without it.

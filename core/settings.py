@@ -14,6 +14,10 @@ def _default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "tlserve"
 
 
+def _default_graph_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tlserve" / "graphs"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TLSERVE_", extra="ignore")
 
@@ -22,6 +26,10 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: SQLite file under data_dir
     broker_url: str = "redis://127.0.0.1:6379/0"  # "memory://" runs jobs inside the API process
     weights_dir: Path | None = None  # torchvision-named checkpoint files for non-packaged backbones
+    # Exported backbone graphs shared by every data folder and process of this installation (like torch
+    # hub's cache), keyed by weights digest, preprocessing and library versions; "" turns it off.
+    graph_cache_dir: Path | None = Field(default_factory=_default_graph_cache_dir)
+    warm_backbones: tuple[str, ...] = ("efficientnet_lite0",)  # exported by `tlserve warm` and at worker start
     storage_url: str | None = None  # default: local folder data_dir/artifacts
 
     # Upload and ingestion limits (hostile input)

@@ -122,7 +122,7 @@ def _up(host: str, port: int, queues: str, concurrency: int | None) -> int:
     return 0
 
 
-SERVER_COMMANDS = frozenset({"up", "api", "worker", "keys", "migrate"})
+SERVER_COMMANDS = frozenset({"up", "api", "worker", "keys", "migrate", "warm"})
 
 
 def _server_group() -> type[click.Group]:
@@ -227,6 +227,18 @@ def keys_revoke(key: str) -> None:
 def migrate() -> None:
     """Apply database migrations."""
     _migrate()
+
+
+@cli.command("warm")
+@click.argument("backbones", nargs=-1)
+def warm(backbones: tuple[str, ...]) -> None:
+    """Export BACKBONEs (default: TLSERVE_WARM_BACKBONES) to ONNX now, into the installation's graph cache,
+    so that the first job of every data folder skips the export."""
+    from core.settings import get_settings
+    from workers.runtime.engines import warm as warm_graphs
+
+    for name, state in warm_graphs(backbones or get_settings().warm_backbones).items():
+        click.echo(f"{name}: {state}")
 
 
 if client_cli is not None:

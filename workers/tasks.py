@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutting_down
@@ -46,9 +47,21 @@ _reaper: Reaper | None = None
 
 @worker_ready.connect
 def _start_reaper(**_: object) -> None:
-    """The worker's main process runs the reaper, so jobs are recovered wherever workers run."""
+    """The worker's main process runs the reaper, so jobs are recovered wherever workers run, and exports
+    the default backbones in the background if the installation's graph cache lacks them."""
     global _reaper
     _reaper = Reaper().start()
+    threading.Thread(target=_warm, name="tlserve-warm", daemon=True).start()
+
+
+def _warm() -> None:
+    from workers.runtime.engines import select_device, warm
+
+    try:
+        if select_device() == "cpu":
+            log.info("graph cache: %s", warm(get_settings().warm_backbones))
+    except Exception:  # a missing weights file is the first job's error to report, not the worker's
+        log.warning("could not export the default backbones ahead of the first job", exc_info=True)
 
 
 @worker_shutting_down.connect

@@ -48,6 +48,7 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def env(shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("TLSERVE_DATA_DIR", str(shared_dir))
+    monkeypatch.setenv("TLSERVE_GRAPH_CACHE_DIR", str(shared_dir.parent / "graph-cache"))
     monkeypatch.setenv("TLSERVE_WEIGHTS_DIR", str(tmp_path / "weights"))
     monkeypatch.setenv("TLSERVE_DEVICE", "cpu")
     _reset()
@@ -123,6 +124,34 @@ def test_exported_once_and_reused_without_torch(env: Path, monkeypatch: pytest.M
         cwd=Path(__file__).parents[2],
         env={"TLSERVE_DATA_DIR": str(env), "TLSERVE_DEVICE": "cpu", "PATH": "/usr/bin:/bin"},
     )
+
+
+def test_a_graph_exported_for_one_data_folder_serves_every_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The installation's graph cache: ``warm`` exports once (as ``make install`` does), and a fresh data
+    folder's first engine then loads that graph instead of exporting again."""
+    from core.storage import get_storage
+
+    monkeypatch.setenv("TLSERVE_GRAPH_CACHE_DIR", str(tmp_path / "graphs"))
+    _reset()
+    assert engine_mod.warm(["efficientnet_lite0", "lenet5"]) == {
+        "efficientnet_lite0": "exported",
+        "lenet5": "no weights",
+    }
+    assert engine_mod.warm(["efficientnet_lite0"]) == {"efficientnet_lite0": "cached"}
+    for folder in ("a", "b"):
+        monkeypatch.setenv("TLSERVE_DATA_DIR", str(tmp_path / folder))
+        _reset()
+
+        def no_export(*args: object, **kwargs: object) -> bytes:
+            raise AssertionError("exported again")
+
+        monkeypatch.setattr("workers.backbones.graph.export_onnx", no_export)
+        engine = get_engine("efficientnet_lite0")
+        assert isinstance(engine, OnnxEngine)
+        assert get_storage().exists(onnx_key(engine.spec, engine.weights))  # copied into this data folder
+        assert engine.features(np.zeros((2, 224, 224, 3), np.uint8)).shape == (2, 1280)
 
 
 def test_failed_check_falls_back_to_torch(isolated: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:  # type: ignore[no-untyped-def]

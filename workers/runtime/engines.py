@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -246,14 +247,64 @@ def export_checked(model: BackboneModel, spec: BackboneSpec, weights: WeightsInf
 
 
 def _export_checked(spec: BackboneSpec, weights: WeightsInfo, model: BackboneModel) -> Engine:
-    """Export and check; store the .onnx only when it passes, else serve eager torch."""
+    """Export and check; store the .onnx only when it passes (in the data folder's storage and in the
+    installation's graph cache), else serve eager torch."""
     data = export_checked(model, spec, weights)
     if data is None:
         return TorchEngine(model, spec, weights, "cpu")
     from core.storage import get_storage
 
     get_storage().put_bytes(onnx_key(spec, weights), data)  # atomic: other processes see all or nothing
+    _share_graph(spec, weights, data)
     return OnnxEngine(data, spec, weights)
+
+
+def _shared_path(spec: BackboneSpec, weights: WeightsInfo) -> Path | None:
+    folder = get_settings().graph_cache_dir
+    if not folder or str(folder) in ("", ".") or weights.digest == RANDOM:
+        return None
+    libraries = f"torch{version('torch')}-onnx{version('onnx')}"
+    return Path(folder) / libraries / onnx_key(spec, weights)
+
+
+def shared_graph(spec: BackboneSpec, weights: WeightsInfo) -> Path | None:
+    """The installation-wide copy of this backbone's checked export, if one was made."""
+    path = _shared_path(spec, weights)
+    return path if path is not None and path.is_file() else None
+
+
+def _share_graph(spec: BackboneSpec, weights: WeightsInfo, data: bytes) -> None:
+    path = _shared_path(spec, weights)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)  # readers see the whole graph or none
+    except OSError:
+        log.warning("could not write the shared graph cache %s", path, exc_info=True)
+
+
+def warm(backbone_names: Sequence[str]) -> dict[str, str]:
+    """Export (and check) these backbones ahead of the first job, into the shared graph cache; returns
+    ``{name: "cached" | "exported" | "torch" | "no weights"}``."""
+    from workers.backbones.load import load_model
+
+    done: dict[str, str] = {}
+    for name in backbone_names:
+        spec = get_backbone(name)
+        weights = weights_info(spec)
+        if not weights.pretrained:
+            done[name] = "no weights"
+        elif shared_graph(spec, weights) is not None:
+            done[name] = "cached"
+        else:
+            data = export_checked(load_model(spec, pretrained=True), spec, weights)
+            if data is not None:
+                _share_graph(spec, weights, data)
+            done[name] = "exported" if data is not None else "torch"
+    return done
 
 
 def build_engine(spec: BackboneSpec, weights: WeightsInfo, device: str) -> Engine:
@@ -263,6 +314,8 @@ def build_engine(spec: BackboneSpec, weights: WeightsInfo, device: str) -> Engin
 
         storage = get_storage()
         key = onnx_key(spec, weights)
+        if not storage.exists(key) and (shared := shared_graph(spec, weights)) is not None:
+            storage.put_bytes(key, shared.read_bytes())  # exported before, for another data folder
         if storage.exists(key):  # the common case: no torch in this process at all
             return OnnxEngine(str(storage.local_path(key)), spec, weights)
     from workers.backbones.load import load_model
