@@ -14,6 +14,7 @@ from service.batching import MicroBatcher
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
 from service.routes import aliases, backbones, datasets, features, health, images, jobs, models, ui
+from service.streams import StreamSlots
 
 REQUESTS = Counter("tlserve_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("tlserve_http_request_seconds", "HTTP request latency", ["method", "route"])
@@ -41,6 +42,7 @@ def create_app() -> FastAPI:
     settings = get_settings()
     app = FastAPI(title="tlserve", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    app.state.streams = StreamSlots()
     for module in (health, datasets, images, jobs, backbones, features, models, aliases, ui):
         app.include_router(module.router)
     app.include_router(models.compare_router)
