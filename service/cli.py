@@ -56,7 +56,15 @@ def _serve_api(host: str, port: int) -> None:
 
     from service.app import create_app
 
-    uvicorn.run(create_app(), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    # limit_concurrency is a last guard only (a bare-text 503): the app sheds load itself, in the error contract.
+    uvicorn.run(
+        create_app(),
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+        limit_concurrency=get_settings().api_limit_concurrency,
+    )
 
 
 def _worker_argv(queues: str, concurrency: int | None) -> list[str]:

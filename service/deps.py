@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from core.db import session_scope
 from core.settings import Settings, get_settings
 from core.tenancy import authenticate
+from service.ratelimit import check_rate
 
 
 def get_session() -> Iterator[Session]:
@@ -32,10 +33,11 @@ def _authenticate(token: str | None) -> str:
 
 
 def get_tenant_id(request: Request) -> str:
-    """The caller's tenant (401 otherwise)."""
+    """The caller's tenant (401 otherwise), within the tenant's rate limit (429 otherwise)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     tenant_id = _authenticate(token.strip() if scheme.lower() == "bearer" else None)
+    check_rate(tenant_id)
     return tenant_id
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from core import jobs
 from core.db import session_scope
 from service.deps import SessionDep, SettingsDep, TenantDep
+from service.pagination import PageDep, set_link_header
 from service.schemas import JobOut
 from service.streams import SlotResponse, StreamSlots, job_event_stream
 
@@ -19,8 +20,13 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 @router.get("", response_model=list[JobOut])
-def list_jobs(session: SessionDep, tenant_id: TenantDep) -> list[JobOut]:
-    return [JobOut.from_row(j) for j in jobs.list_jobs(session, tenant_id)]
+def list_jobs(
+    request: Request, response: Response, session: SessionDep, tenant_id: TenantDep, page: PageDep
+) -> list[JobOut]:
+    """One page of jobs, newest first; the next page's URL is in the ``Link`` header."""
+    result = jobs.list_jobs(session, tenant_id, page.limit, page.cursor)
+    set_link_header(request, response, result.next_cursor)
+    return [JobOut.from_row(j) for j in result.items]
 
 
 @router.get("/{job_id}", response_model=JobOut)

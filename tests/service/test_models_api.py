@@ -80,6 +80,26 @@ def test_predict_on_good_and_bad_files(env, probe) -> None:
         assert p["top_k"][0]["label"] == p["label"] and p["score"] == scores[0]
 
 
+def test_an_overloaded_model_answers_503_overloaded_at_once(env, probe) -> None:
+    """The predict route sheds through the error contract: JSON body, 503 ``overloaded``, Retry-After."""
+    from service.batching import MicroBatcher
+
+    client, key, _ = env
+    app = client.app
+    kept = app.state.batcher
+    app.state.batcher = MicroBatcher(deadline_s=1e-9)  # nothing can be answered within a nanosecond
+    try:
+        name, _, data = _test_images(1)[0]
+        resp = client.post(f"/v1/models/{probe['id']}/predict", headers=auth(key), files=[("files", (name, data))])
+    finally:
+        app.state.batcher.close()
+        app.state.batcher = kept
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["code"] == "overloaded" and int(resp.headers["Retry-After"]) >= 1
+    again = client.post(f"/v1/models/{probe['id']}/predict", headers=auth(key), files=[("files", (name, data))])
+    assert again.status_code == 200, again.text
+
+
 def test_models_are_scoped_to_their_tenant(env, probe) -> None:
     client, key, _ = env
     from core.db import session_scope
