@@ -171,11 +171,11 @@ def _lease_live(job: Job, now: datetime) -> bool:
 
 
 def _at_job_quota(session: Session, job: Job, now: datetime) -> bool:
-    """Whether the job's tenant runs ``max_running_jobs_per_tenant`` jobs already. The tenant row is locked
-    (PostgreSQL) so that two workers claiming jobs of one tenant at once count one after the other."""
+    """Whether the job's tenant runs its quota of jobs already (its own, else ``max_running_jobs_per_tenant``).
+    The tenant row is locked (PostgreSQL) so that two workers claiming one tenant's jobs count in turn."""
     session.execute(select(Tenant.id).where(Tenant.id == job.tenant_id).with_for_update())
     running = usage.running_jobs(session, job.tenant_id, now, exclude=job.id)
-    return running >= get_settings().max_running_jobs_per_tenant
+    return running >= usage.quotas(session, job.tenant_id)[0]
 
 
 def begin_attempt(job_id: str, owner: str = "") -> JobContext | None:

@@ -81,3 +81,20 @@ def test_stored_bytes_count_each_image_once_and_refuse_past_the_quota(db: str, m
         counts = usage.usage(s, tenant_id)
     assert counts["stored_bytes"] == 700 and counts["datasets"] == 1
     assert counts["limits"]["max_stored_bytes"] == 1000
+
+
+def test_a_tenant_s_own_quotas_override_the_defaults(db: str) -> None:
+    first, second = _job("acme"), _job("acme")
+    tenant_id = _images("acme", [600])
+    with session_scope() as s:
+        assert usage.quotas(s, tenant_id)[0] == 8  # the settings' default
+        usage.set_quotas(s, tenant_id, max_running_jobs=1, max_stored_bytes=1000)
+    assert jobs.begin_attempt(first, "w1/1/1") is not None
+    assert jobs.begin_attempt(second, "w2/1/1") is None  # this tenant's own cap of one job
+    with session_scope() as s:
+        with pytest.raises(QuotaExceeded):
+            usage.check_storage(s, tenant_id, 401)
+        assert usage.usage(s, tenant_id)["limits"]["max_running_jobs"] == 1
+        usage.set_quotas(s, tenant_id, max_running_jobs=None, max_stored_bytes=None)  # back to the defaults
+        usage.check_storage(s, tenant_id, 401)
+    assert jobs.begin_attempt(second, "w2/1/1") is not None
