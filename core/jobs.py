@@ -170,6 +170,9 @@ def _lease_live(job: Job, now: datetime) -> bool:
     return job.lease_owner is not None and expires is not None and expires > now
 
 
+QUOTA_WAIT = "a free slot of the tenant's concurrent-jobs quota"
+
+
 def _at_job_quota(session: Session, job: Job, now: datetime) -> bool:
     """Whether the job's tenant runs its quota of jobs already (its own, else ``max_running_jobs_per_tenant``).
     The tenant row is locked (PostgreSQL) so that two workers claiming one tenant's jobs count in turn."""
@@ -217,7 +220,10 @@ def begin_attempt(job_id: str, owner: str = "") -> JobContext | None:
             # (next round), so one tenant's hundred jobs do not hold the workers from everyone else.
             log.info("job %s waits: tenant %s is at its concurrent job limit", job_id, job.tenant_id)
             job.enqueued_at = None
+            job.progress = {**job.progress, "stage": "queued", "waiting_for": QUOTA_WAIT}
             return None
+        if "waiting_for" in (job.progress or {}):
+            job.progress = {k: v for k, v in job.progress.items() if k != "waiting_for"}
         job.attempts += 1
         job.status = JobStatus.RUNNING
         job.started_at = job.started_at or now

@@ -30,12 +30,15 @@ def test_a_tenant_at_its_job_limit_waits_queued_while_others_run(db: str, monkey
     with session_scope() as s:
         job = s.get(Job, second)
         assert (job.status, job.attempts, job.enqueued_at) == ("queued", 0, None)
+        assert job.progress["waiting_for"] == jobs.QUOTA_WAIT  # the user sees why it waits
     assert second in {j.id for j in jobs.unsent_queued()}  # the reaper sends it again next round
     assert jobs.begin_attempt(theirs, "w2/1/1") is not None  # another tenant is not held back
 
     jobs.complete(first, owner="w1/1/1")  # a slot frees
     again = jobs.begin_attempt(second, "w2/1/2")
     assert again is not None and again.attempt == 1
+    with session_scope() as s:
+        assert "waiting_for" not in s.get(Job, second).progress
 
 
 def _images(tenant: str, sizes: list[int], versions: int = 1) -> str:
