@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_RATE = re.compile(r"\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?")
 
 
 def _default_data_dir() -> Path:
@@ -84,6 +87,14 @@ class Settings(BaseSettings):
     max_stored_bytes_per_tenant: int = Field(100 * 1024**3, ge=0)
     # uvicorn's own connection cap, a last guard only (it answers a bare-text 503, outside the error contract).
     api_limit_concurrency: int = Field(2048, ge=1)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        for part in filter(str.strip, re.split(r"[;,|]", value)):  # the ``limits`` notation, checked at start
+            if not _RATE.fullmatch(part.strip().lower()):
+                raise ValueError(f"cannot read the rate limit {part.strip()!r}: write e.g. '200/second;6000/minute'")
+        return value
 
     @model_validator(mode="after")
     def _limits_in_order(self) -> Settings:

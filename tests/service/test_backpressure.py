@@ -142,3 +142,13 @@ def test_rate_limits_fail_open_when_redis_is_down(db: str, api_key: str, monkeyp
     reset_caches()
     with TestClient(create_app()) as client:
         assert all(client.get("/v1/datasets", headers=auth(api_key)).status_code == 200 for _ in range(3))
+
+
+def test_a_rate_limit_that_does_not_parse_is_refused_at_start(monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    from core.settings import Settings
+
+    monkeypatch.setenv("TLSERVE_RATE_LIMIT", "lots/sometimes")
+    with pytest.raises(ValidationError, match="rate_limit"):
+        Settings()
