@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from core import models as mdl
 from core.errors import InvalidInput, NotFound
+from core.pagination import DEFAULT_LIMIT, Page, keyset_page
 from core.tables import Alias, utcnow
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -31,8 +32,12 @@ def get_alias(session: Session, tenant_id: str, name: str) -> Alias:
     return alias
 
 
-def list_aliases(session: Session, tenant_id: str) -> list[Alias]:
-    return list(session.scalars(select(Alias).where(Alias.tenant_id == tenant_id).order_by(Alias.name)))
+def list_aliases(
+    session: Session, tenant_id: str, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+) -> Page[Alias]:
+    """A page of the tenant's aliases by name."""
+    stmt = select(Alias).where(Alias.tenant_id == tenant_id)
+    return keyset_page(session, stmt, [Alias.name], limit, cursor)
 
 
 def point(session: Session, tenant_id: str, name: str, model_id: str) -> tuple[Alias, bool]:

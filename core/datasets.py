@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from core.db import get_owned
 from core.errors import Conflict, InvalidInput, NotFound
 from core.keys import dataset_prefix
+from core.pagination import DEFAULT_LIMIT, Page, keyset_page
 from core.status import ACTIVE_JOB, VersionStatus
 from core.tables import Dataset, DatasetVersion, FeatureSet, Image, Job
 
@@ -78,8 +79,12 @@ def delete_dataset(session: Session, tenant_id: str, dataset_id: str) -> list[st
     return prefixes
 
 
-def list_datasets(session: Session, tenant_id: str) -> list[Dataset]:
-    return list(session.scalars(select(Dataset).where(Dataset.tenant_id == tenant_id).order_by(Dataset.created_at)))
+def list_datasets(
+    session: Session, tenant_id: str, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+) -> Page[Dataset]:
+    """A page of the tenant's datasets, oldest first."""
+    stmt = select(Dataset).where(Dataset.tenant_id == tenant_id)
+    return keyset_page(session, stmt, [Dataset.created_at, Dataset.id], limit, cursor)
 
 
 def latest_version(session: Session, dataset_id: str) -> DatasetVersion | None:

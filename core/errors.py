@@ -11,12 +11,18 @@ class TLServeError(Exception):
     status_code: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
+    retry_after: int | None = None  # seconds; sent as ``Retry-After`` when set
+
+    def __init__(
+        self, message: str, *, code: str | None = None, details: Any = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         self.details = details
+        if retry_after is not None:
+            self.retry_after = max(1, int(retry_after))
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -47,6 +53,25 @@ class NotFound(TLServeError):
     code = "not_found"
 
 
+class QuotaExceeded(TLServeError):
+    """A stored quota is used up: retrying later does not help until something is deleted (no Retry-After)."""
+
+    status_code = 403
+    code = "quota_exceeded"
+
+
+class RateLimited(TLServeError):
+    status_code = 429
+    code = "rate_limited"
+    retry_after = 1
+
+
+class TooManyStreams(TLServeError):
+    status_code = 429
+    code = "too_many_streams"
+    retry_after = 5
+
+
 class Conflict(TLServeError):
     status_code = 409
     code = "conflict"
@@ -65,6 +90,14 @@ class UnsupportedMediaType(TLServeError):
 class ServiceUnavailable(TLServeError):
     status_code = 503
     code = "unavailable"
+
+
+class Overloaded(TLServeError):
+    """Shed at once rather than queued without bound: a model's queue is full or its deadline passed."""
+
+    status_code = 503
+    code = "overloaded"
+    retry_after = 1
 
 
 class JobCancelled(TLServeError):

@@ -16,12 +16,14 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, object_session
 
+from core import usage
 from core.db import get_owned, session_scope
 from core.errors import JobCancelled, JobReleased, LeaseLost
+from core.pagination import DEFAULT_LIMIT, Page, keyset_page
 from core.settings import get_settings
 from core.status import TERMINAL_JOB as TERMINAL
 from core.status import JobStatus, ResourceStatus, VersionStatus
-from core.tables import DatasetVersion, FeatureSet, Job, Model, utcnow
+from core.tables import DatasetVersion, FeatureSet, Job, Model, Tenant, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +59,10 @@ def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
     return get_owned(session, Job, tenant_id, job_id, "job")
 
 
-def list_jobs(session: Session, tenant_id: str, limit: int = 100) -> list[Job]:
-    stmt = select(Job).where(Job.tenant_id == tenant_id).order_by(Job.created_at.desc()).limit(limit)
-    return list(session.scalars(stmt))
+def list_jobs(session: Session, tenant_id: str, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[Job]:
+    """A page of the tenant's jobs, newest first."""
+    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    return keyset_page(session, stmt, [Job.created_at, Job.id], limit, cursor, descending=True)
 
 
 def request_cancel(session: Session, tenant_id: str, job_id: str) -> Job:
@@ -167,9 +170,21 @@ def _lease_live(job: Job, now: datetime) -> bool:
     return job.lease_owner is not None and expires is not None and expires > now
 
 
+QUOTA_WAIT = "a free slot of the tenant's concurrent-jobs quota"
+
+
+def _at_job_quota(session: Session, job: Job, now: datetime) -> bool:
+    """Whether the job's tenant runs its quota of jobs already (its own, else ``max_running_jobs_per_tenant``).
+    The tenant row is locked (PostgreSQL) so that two workers claiming one tenant's jobs count in turn."""
+    session.execute(select(Tenant.id).where(Tenant.id == job.tenant_id).with_for_update())
+    running = usage.running_jobs(session, job.tenant_id, now, exclude=job.id)
+    return running >= usage.quotas(session, job.tenant_id)[0]
+
+
 def begin_attempt(job_id: str, owner: str = "") -> JobContext | None:
     """Claim a job for one attempt under a lease held by ``owner``, or ``None`` when it must not run
-    (finished, cancelled, out of tries, or running under another worker's live lease).
+    (finished, cancelled, out of tries, or running under another worker's live lease), or when its tenant
+    already runs ``max_running_jobs_per_tenant`` jobs (it stays queued and the reaper sends it again).
 
     A redelivered message for a job that already finished, or that another worker is running, lands here
     and exits without doing anything.
@@ -200,6 +215,15 @@ def begin_attempt(job_id: str, owner: str = "") -> JobContext | None:
                 },
             )
             return None
+        if job.status == JobStatus.QUEUED and _at_job_quota(s, job, now):
+            # The tenant already runs its share: the job waits queued, unsent, and the reaper sends it again
+            # (next round), so one tenant's hundred jobs do not hold the workers from everyone else.
+            log.info("job %s waits: tenant %s is at its concurrent job limit", job_id, job.tenant_id)
+            job.enqueued_at = None
+            job.progress = {**job.progress, "stage": "queued", "waiting_for": QUOTA_WAIT}
+            return None
+        if "waiting_for" in (job.progress or {}):
+            job.progress = {k: v for k, v in job.progress.items() if k != "waiting_for"}
         job.attempts += 1
         job.status = JobStatus.RUNNING
         job.started_at = job.started_at or now

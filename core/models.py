@@ -17,6 +17,7 @@ from core.errors import Conflict, NotFound
 from core.features import MODEL_PREFIX
 from core.jobs import create_job, get_job
 from core.keys import model_prefix, predictions_key, upload_key
+from core.pagination import DEFAULT_LIMIT, Page, keyset_page
 from core.status import ACTIVE_JOB, JobKind, JobStatus, ResourceStatus, ResourceType
 from core.tables import Job, Model
 
@@ -83,8 +84,10 @@ def ready_model(session: Session, tenant_id: str, model_id: str) -> Model:
     return model
 
 
-def list_models(session: Session, tenant_id: str) -> list[Model]:
-    return list(session.scalars(select(Model).where(Model.tenant_id == tenant_id).order_by(Model.created_at)))
+def list_models(session: Session, tenant_id: str, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[Model]:
+    """A page of the tenant's models, oldest first."""
+    stmt = select(Model).where(Model.tenant_id == tenant_id)
+    return keyset_page(session, stmt, [Model.created_at, Model.id], limit, cursor)
 
 
 def finetuned_models(session: Session, tenant_id: str) -> list[Model]:

@@ -9,9 +9,10 @@ import binascii
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, tuple_
+from sqlalchemy import DateTime, Select, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from core.errors import BadRequest
@@ -29,7 +30,8 @@ class Page(Generic[T]):
 
 
 def encode_cursor(values: Sequence[Any]) -> str:
-    raw = json.dumps(list(values), separators=(",", ":")).encode()
+    plain = [v.isoformat() if isinstance(v, datetime) else v for v in values]
+    raw = json.dumps(plain, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -44,22 +46,36 @@ def decode_cursor(cursor: str, width: int) -> list[Any]:
     return values
 
 
+def _from_cursor(key: InstrumentedAttribute[Any], value: Any) -> Any:
+    if isinstance(key.type, DateTime):
+        try:
+            return datetime.fromisoformat(str(value))
+        except ValueError as exc:
+            raise BadRequest("invalid cursor: follow the URL in the Link header for the next page") from exc
+    return value
+
+
 def keyset_page(
     session: Session,
     stmt: Select[tuple[T]],
     keys: Sequence[InstrumentedAttribute[Any]],
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
+    *,
+    descending: bool = False,
 ) -> Page[T]:
-    """One page of ``stmt``'s rows ordered by ``keys`` (ascending; the last key must be unique, e.g. the id).
+    """One page of ``stmt``'s rows ordered by ``keys`` (ascending, or all descending; the last key must be
+    unique, e.g. the id). Keys may be strings, integers or datetimes.
 
     Fetches one row more than asked to learn whether another page exists without counting."""
     if not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
     if cursor:
-        after = decode_cursor(cursor, len(keys))
-        stmt = stmt.where(tuple_(*keys) > tuple_(*after)) if len(keys) > 1 else stmt.where(keys[0] > after[0])
-    rows = list(session.scalars(stmt.order_by(*keys).limit(limit + 1)))
+        after = [_from_cursor(k, v) for k, v in zip(keys, decode_cursor(cursor, len(keys)), strict=True)]
+        left, right = (tuple_(*keys), tuple_(*after)) if len(keys) > 1 else (keys[0], after[0])
+        stmt = stmt.where(left < right if descending else left > right)
+    order = [k.desc() for k in keys] if descending else list(keys)
+    rows = list(session.scalars(stmt.order_by(*order).limit(limit + 1)))
     if len(rows) <= limit:
         return Page(rows, None)
     rows = rows[:limit]

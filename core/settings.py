@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_RATE = re.compile(r"\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?")
 
 
 def _default_data_dir() -> Path:
@@ -73,6 +76,34 @@ class Settings(BaseSettings):
     batch_max_size: int = 32  # predict micro-batching: most images in one merged forward pass
     batch_window_s: float = 0.0  # > 0: an idle model waits this long for more requests before running
     inference_threads: int = 1  # threads running forward passes in the API process
+
+    # Load: every default is far above what one user does, so only abuse or overload meets them.
+    # Predictions waiting in a model's micro-batch queue (images); beyond it, or after waiting longer than
+    # the deadline, a request is answered 503 "overloaded" with Retry-After at once.
+    batch_queue_size: int = Field(512, ge=1)
+    batch_deadline_s: float = Field(10.0, gt=0)
+    # Requests per tenant ("limits" syntax, several separated by ";"; empty: no limit), counted in Redis
+    # (default: the broker's Redis; in memory with the in-process broker) so they hold across API processes.
+    rate_limit: str = "200/second;6000/minute"
+    rate_limit_storage_url: str | None = None
+    # Event streams (GET /v1/jobs/{id}/events): open at once per tenant and API process, the longest a stream
+    # lives (the client reconnects), and how often a comment keeps an idle connection alive.
+    max_event_streams_per_tenant: int = Field(20, ge=1)
+    event_stream_max_s: float = Field(3600.0, gt=0)
+    event_stream_keepalive_s: float = Field(15.0, gt=0)
+    # Quotas counted in the database: jobs running at once per tenant (more wait queued) and stored bytes.
+    max_running_jobs_per_tenant: int = Field(8, ge=1)
+    max_stored_bytes_per_tenant: int = Field(100 * 1024**3, ge=0)
+    # uvicorn's own connection cap, a last guard only (it answers a bare-text 503, outside the error contract).
+    api_limit_concurrency: int = Field(2048, ge=1)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        for part in filter(str.strip, re.split(r"[;,|]", value)):  # the ``limits`` notation, checked at start
+            if not _RATE.fullmatch(part.strip().lower()):
+                raise ValueError(f"cannot read the rate limit {part.strip()!r}: write e.g. '200/second;6000/minute'")
+        return value
 
     @model_validator(mode="after")
     def _limits_in_order(self) -> Settings:

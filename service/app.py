@@ -13,7 +13,8 @@ from core.settings import get_settings
 from service.batching import MicroBatcher
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
-from service.routes import aliases, backbones, datasets, features, health, images, jobs, models, ui
+from service.routes import aliases, backbones, datasets, features, health, images, jobs, models, ui, usage
+from service.streams import StreamSlots
 
 REQUESTS = Counter("tlserve_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("tlserve_http_request_seconds", "HTTP request latency", ["method", "route"])
@@ -22,7 +23,13 @@ LATENCY = Histogram("tlserve_http_request_seconds", "HTTP request latency", ["me
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
-    app.state.batcher = MicroBatcher(settings.batch_max_size, settings.inference_threads, settings.batch_window_s)
+    app.state.batcher = MicroBatcher(
+        settings.batch_max_size,
+        settings.inference_threads,
+        settings.batch_window_s,
+        queue_size=settings.batch_queue_size,
+        deadline_s=settings.batch_deadline_s,
+    )
     reaper = None
     if settings.broker_is_memory:  # jobs run in this process: so does their reaper
         from workers.reaper import Reaper
@@ -41,7 +48,8 @@ def create_app() -> FastAPI:
     settings = get_settings()
     app = FastAPI(title="tlserve", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    for module in (health, datasets, images, jobs, backbones, features, models, aliases, ui):
+    app.state.streams = StreamSlots()
+    for module in (health, datasets, images, jobs, backbones, features, models, aliases, usage, ui):
         app.include_router(module.router)
     app.include_router(models.compare_router)
 

@@ -56,7 +56,15 @@ def _serve_api(host: str, port: int) -> None:
 
     from service.app import create_app
 
-    uvicorn.run(create_app(), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    # limit_concurrency is a last guard only (a bare-text 503): the app sheds load itself, in the error contract.
+    uvicorn.run(
+        create_app(),
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+        limit_concurrency=get_settings().api_limit_concurrency,
+    )
 
 
 def _worker_argv(queues: str, concurrency: int | None) -> list[str]:
@@ -221,6 +229,40 @@ def keys_revoke(key: str) -> None:
         raise click.ClickException(e.message) from None
     print(f"revoked API key {key_id} at {revoked_at.isoformat() if revoked_at else '?'}", file=sys.stderr)
     print(key_id)
+
+
+@cli.group("tenants")
+def tenants() -> None:
+    """Manage tenants' quotas."""
+
+
+@tenants.command("quota")
+@click.argument("tenant")
+@click.option("--max-running-jobs", type=click.IntRange(min=1), default=None, help="jobs running at once")
+@click.option("--max-stored-bytes", type=click.IntRange(min=0), default=None, help="stored image bytes")
+@click.option("--default", "to_default", is_flag=True, help="back to the settings' defaults")
+def tenants_quota(tenant: str, max_running_jobs: int | None, max_stored_bytes: int | None, to_default: bool) -> None:
+    """Show TENANT's usage and limits as JSON; with options, set its own quotas first."""
+    from core import usage
+    from core.db import session_scope
+    from core.errors import TLServeError
+    from core.migrate import upgrade
+
+    upgrade(get_settings().resolved_database_url)
+    try:
+        with session_scope() as s:
+            tenant_id = usage.tenant_named(s, tenant)
+            if to_default or max_running_jobs is not None or max_stored_bytes is not None:
+                own = usage.own_quotas(s, tenant_id) if not to_default else (None, None)
+                usage.set_quotas(
+                    s,
+                    tenant_id,
+                    max_running_jobs=max_running_jobs if max_running_jobs is not None else own[0],
+                    max_stored_bytes=max_stored_bytes if max_stored_bytes is not None else own[1],
+                )
+            print(json.dumps(usage.usage(s, tenant_id), indent=2))
+    except TLServeError as e:
+        raise click.ClickException(e.message) from None
 
 
 @cli.command("migrate")

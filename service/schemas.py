@@ -347,3 +347,26 @@ class AliasOut(BaseModel):
     @classmethod
     def from_row(cls, alias: Alias) -> AliasOut:
         return cls(name=alias.name, model_id=alias.model_id, created_at=alias.created_at, updated_at=alias.updated_at)
+
+
+class UsageLimits(BaseModel):
+    rate_limit: str = Field(description="requests per tenant, `limits` syntax (e.g. `200/second;6000/minute`)")
+    max_running_jobs: int = Field(description="jobs running at once; more wait `queued`")
+    max_stored_bytes: int = Field(description="stored image bytes; an upload past it is 403 `quota_exceeded`")
+    max_event_streams: int = Field(description="open job event streams per API process")
+    predict_queue_size: int = Field(description="images waiting per model before 503 `overloaded`")
+    predict_deadline_s: float = Field(description="longest wait of a prediction before 503 `overloaded`")
+
+
+class UsageOut(BaseModel):
+    """A tenant's counts (from the database) beside its limits."""
+
+    tenant_id: str
+    stored_bytes: int
+    datasets: int
+    feature_sets: int
+    models: int
+    jobs_running: int
+    jobs_queued: int
+    event_streams: int = Field(description="open in the API process that answered")
+    limits: UsageLimits

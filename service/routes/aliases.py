@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from core import aliases
 from core.db import session_scope
 from service.deps import SessionDep, SettingsDep, TenantDep
+from service.pagination import PageDep, set_link_header
 from service.routes.models import predict_files
 from service.schemas import AliasOut, AliasRequest, PredictOut
 
@@ -17,8 +18,13 @@ router = APIRouter(prefix="/v1/aliases", tags=["aliases"])
 
 
 @router.get("", response_model=list[AliasOut])
-def list_aliases(session: SessionDep, tenant_id: TenantDep) -> list[AliasOut]:
-    return [AliasOut.from_row(a) for a in aliases.list_aliases(session, tenant_id)]
+def list_aliases(
+    request: Request, response: Response, session: SessionDep, tenant_id: TenantDep, page: PageDep
+) -> list[AliasOut]:
+    """One page of aliases by name; the next page's URL is in the ``Link`` header."""
+    result = aliases.list_aliases(session, tenant_id, page.limit, page.cursor)
+    set_link_header(request, response, result.next_cursor)
+    return [AliasOut.from_row(a) for a in result.items]
 
 
 @router.get("/{name}", response_model=AliasOut)

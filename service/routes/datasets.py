@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 
 from core import datasets as ds
+from core import usage
 from core.jobs import create_job
 from core.keys import upload_key
 from core.status import JobKind, ResourceType
 from core.storage import get_storage
 from service.deps import SessionDep, SettingsDep, TenantDep
+from service.pagination import PageDep, set_link_header
 from service.schemas import DatasetCreated, DatasetOut
 from service.uploads import save_archive, save_files
 from workers.dispatch import submit
@@ -30,6 +32,7 @@ def create_dataset(
     seed: Annotated[int, Form()] = 0,
 ) -> DatasetCreated:
     ds.check_split_params(val_fraction, test_fraction)
+    usage.check_storage(session, tenant_id, archive.size or 0)
     params = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
     dataset, version = ds.create_dataset(session, tenant_id, name, params)
     job = create_job(
@@ -52,6 +55,7 @@ def add_images(
     labels: Annotated[list[str], Form(description="one label per file, or one label for all")],
 ) -> DatasetCreated:
     dataset = ds.get_dataset(session, tenant_id, dataset_id)
+    usage.check_storage(session, tenant_id, sum(f.size or 0 for f in files))
     version = ds.new_version(session, dataset)
     job = create_job(
         session, tenant_id=tenant_id, kind=JobKind.INGEST, resource_type=ResourceType.DATASET, resource_id=dataset.id
@@ -70,8 +74,13 @@ def add_images(
 
 
 @router.get("", response_model=list[DatasetOut])
-def list_datasets(session: SessionDep, tenant_id: TenantDep) -> list[DatasetOut]:
-    return [DatasetOut.from_row(d, ds.latest_version(session, d.id)) for d in ds.list_datasets(session, tenant_id)]
+def list_datasets(
+    request: Request, response: Response, session: SessionDep, tenant_id: TenantDep, page: PageDep
+) -> list[DatasetOut]:
+    """One page of datasets, oldest first; the next page's URL is in the ``Link`` header."""
+    result = ds.list_datasets(session, tenant_id, page.limit, page.cursor)
+    set_link_header(request, response, result.next_cursor)
+    return [DatasetOut.from_row(d, ds.latest_version(session, d.id)) for d in result.items]
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)

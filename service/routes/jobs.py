@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from core import jobs
 from core.db import session_scope
 from service.deps import SessionDep, SettingsDep, TenantDep
+from service.pagination import PageDep, set_link_header
 from service.schemas import JobOut
+from service.streams import SlotResponse, StreamSlots, job_event_stream
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 @router.get("", response_model=list[JobOut])
-def list_jobs(session: SessionDep, tenant_id: TenantDep) -> list[JobOut]:
-    return [JobOut.from_row(j) for j in jobs.list_jobs(session, tenant_id)]
+def list_jobs(
+    request: Request, response: Response, session: SessionDep, tenant_id: TenantDep, page: PageDep
+) -> list[JobOut]:
+    """One page of jobs, newest first; the next page's URL is in the ``Link`` header."""
+    result = jobs.list_jobs(session, tenant_id, page.limit, page.cursor)
+    set_link_header(request, response, result.next_cursor)
+    return [JobOut.from_row(j) for j in result.items]
 
 
 @router.get("/{job_id}", response_model=JobOut)
@@ -35,33 +40,31 @@ def cancel_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> JobOut
 
 
 def _snapshot(tenant_id: str, job_id: str) -> dict[str, Any]:
-    with session_scope() as s:
+    with session_scope() as s:  # a short session per poll: a waiting stream holds no connection
         return JobOut.from_row(jobs.get_job(s, tenant_id, job_id)).model_dump(mode="json")
 
 
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "`job` events, each a JobOut"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "`job` events, each a JobOut"},
+        429: {"description": "too many event streams open for this tenant (`too_many_streams`)"},
+    },
 )
-async def job_events(job_id: str, tenant_id: TenantDep, settings: SettingsDep) -> StreamingResponse:
-    """One ``job`` event whenever the job changes, the last one when it reaches a final status."""
+async def job_events(job_id: str, request: Request, tenant_id: TenantDep, settings: SettingsDep) -> StreamingResponse:
+    """One ``job`` event whenever the job changes, the last one when it reaches a final status. A stream
+    ends after ``event_stream_max_s`` (reconnect to go on) and sends keep-alive comments meanwhile."""
     first = await run_in_threadpool(_snapshot, tenant_id, job_id)  # 404 before the stream starts
-
-    async def stream() -> AsyncIterator[str]:
-        snapshot, last, idle = first, None, 0.0
-        while True:
-            if snapshot != last:
-                yield f"event: job\ndata: {json.dumps(snapshot)}\n\n"
-                last, idle = snapshot, 0.0
-                if snapshot["status"] in jobs.TERMINAL:
-                    return
-            elif idle >= 15.0:
-                yield ": keep-alive\n\n"
-                idle = 0.0
-            await asyncio.sleep(settings.job_event_poll_s)
-            idle += settings.job_event_poll_s
-            snapshot = await run_in_threadpool(_snapshot, tenant_id, job_id)
-
+    slots: StreamSlots = request.app.state.streams
+    slots.acquire(tenant_id, settings.max_event_streams_per_tenant)
+    stream = job_event_stream(
+        partial(_snapshot, tenant_id, job_id),
+        first,
+        jobs.TERMINAL,
+        poll_s=settings.job_event_poll_s,
+        keepalive_s=settings.event_stream_keepalive_s,
+        max_s=settings.event_stream_max_s,
+    )
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+    return SlotResponse(stream, partial(slots.release, tenant_id), media_type="text/event-stream", headers=headers)

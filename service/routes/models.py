@@ -11,6 +11,7 @@ from core import models as mdl
 from core.settings import Settings
 from core.storage import get_storage
 from service.deps import SessionDep, SettingsDep, TenantDep
+from service.pagination import PageDep, set_link_header
 from service.schemas import CompareRequest, Created, JobRef, ModelOut, ModelRequest, PredictOut
 from service.uploads import read_files, save_archive
 from workers import plan
@@ -50,8 +51,13 @@ def create_model(body: ModelRequest, session: SessionDep, tenant_id: TenantDep) 
 
 
 @router.get("", response_model=list[ModelOut])
-def list_models(session: SessionDep, tenant_id: TenantDep) -> list[ModelOut]:
-    return [ModelOut.from_row(m) for m in mdl.list_models(session, tenant_id)]
+def list_models(
+    request: Request, response: Response, session: SessionDep, tenant_id: TenantDep, page: PageDep
+) -> list[ModelOut]:
+    """One page of models, oldest first; the next page's URL is in the ``Link`` header."""
+    result = mdl.list_models(session, tenant_id, page.limit, page.cursor)
+    set_link_header(request, response, result.next_cursor)
+    return [ModelOut.from_row(m) for m in result.items]
 
 
 @router.get("/{model_id}", response_model=ModelOut)

@@ -78,3 +78,37 @@ def test_0004_aliases_keeps_models(db: str) -> None:
         ).one()
     engine.dispose()
     assert row.id == "mdl_1" and "0.9" in str(row.metrics) and row.name == "prod"
+
+
+def test_0006_tenant_quotas_keeps_tenants_and_what_they_own(db: str) -> None:
+    from core.migrate import downgrade, upgrade
+
+    downgrade(db, "0004")
+    dispose_engines()
+    now = datetime(2026, 12, 2, 7, 0, tzinfo=UTC)
+    engine = create_engine(db)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('tn_1', 'acme', :t)"), {"t": now})
+        conn.execute(
+            text(
+                "INSERT INTO api_keys (id, tenant_id, prefix, key_hash, created_at)"
+                " VALUES ('key_1', 'tn_1', 'abc', 'h', :t)"
+            ),
+            {"t": now},
+        )
+        conn.execute(
+            text("INSERT INTO datasets (id, tenant_id, name, created_at) VALUES ('ds_1', 'tn_1', 'd', :t)"), {"t": now}
+        )
+    upgrade(db)
+    with engine.begin() as conn:
+        row = conn.execute(text("SELECT name, max_running_jobs, max_stored_bytes FROM tenants")).one()
+        assert (row.name, row.max_running_jobs, row.max_stored_bytes) == ("acme", None, None)
+        conn.execute(text("UPDATE tenants SET max_running_jobs = 2, max_stored_bytes = :b"), {"b": 5 * 1024**4})
+        kept = conn.execute(text("SELECT (SELECT count(*) FROM api_keys), (SELECT count(*) FROM datasets)")).one()
+        big = conn.execute(text("SELECT max_stored_bytes FROM tenants")).scalar_one()
+    assert tuple(kept) == (1, 1) and big == 5 * 1024**4  # beyond 32 bits
+    downgrade(db, "0004")  # and back, without taking anything of the tenant with it
+    with engine.connect() as conn:
+        kept = conn.execute(text("SELECT (SELECT count(*) FROM api_keys), (SELECT count(*) FROM datasets)")).one()
+    engine.dispose()
+    assert tuple(kept) == (1, 1)

@@ -57,3 +57,20 @@ def test_keys_create_list_revoke(db: str) -> None:
     assert missing.stderr.strip().splitlines() == [
         "error: no API key 'key_nope': give a key id (key_...) or prefix from 'tlserve keys list'"
     ]
+
+
+def test_tenants_quota_sets_shows_and_resets_a_tenant_s_own_limits(db: str) -> None:
+    assert run("keys", "create", "--tenant", "acme").exit_code == 0
+    shown = json.loads(run("tenants", "quota", "acme").stdout)
+    assert shown["limits"]["max_running_jobs"] == 8 and shown["jobs_running"] == 0
+    one = json.loads(run("tenants", "quota", "acme", "--max-running-jobs", "1").stdout)
+    assert (
+        one["limits"]["max_running_jobs"] == 1
+        and one["limits"]["max_stored_bytes"] == shown["limits"]["max_stored_bytes"]
+    )
+    both = json.loads(run("tenants", "quota", "acme", "--max-stored-bytes", "1000").stdout)
+    assert (both["limits"]["max_running_jobs"], both["limits"]["max_stored_bytes"]) == (1, 1000)
+    back = json.loads(run("tenants", "quota", "acme", "--default").stdout)
+    assert back["limits"] == shown["limits"]
+    missing = run("tenants", "quota", "nobody")
+    assert missing.exit_code == 1 and "no tenant 'nobody'" in missing.stderr

@@ -80,6 +80,69 @@ def test_predict_on_good_and_bad_files(env, probe) -> None:
         assert p["top_k"][0]["label"] == p["label"] and p["score"] == scores[0]
 
 
+def test_an_overloaded_model_answers_503_overloaded_at_once(env, probe) -> None:
+    """The predict route sheds through the error contract: JSON body, 503 ``overloaded``, Retry-After."""
+    from service.batching import MicroBatcher
+
+    client, key, _ = env
+    app = client.app
+    kept = app.state.batcher
+    app.state.batcher = MicroBatcher(deadline_s=1e-9)  # nothing can be answered within a nanosecond
+    try:
+        name, _, data = _test_images(1)[0]
+        resp = client.post(f"/v1/models/{probe['id']}/predict", headers=auth(key), files=[("files", (name, data))])
+    finally:
+        app.state.batcher.close()
+        app.state.batcher = kept
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["code"] == "overloaded" and int(resp.headers["Retry-After"]) >= 1
+    again = client.post(f"/v1/models/{probe['id']}/predict", headers=auth(key), files=[("files", (name, data))])
+    assert again.status_code == 200, again.text
+
+
+def test_a_prediction_waiting_in_the_batcher_holds_no_database_connection(env, probe) -> None:
+    """Issue 10, item 1: authentication and the predictor lookup close their sessions before the request
+    waits for its batch, so waiting predictions cannot drain the pool."""
+    import threading
+
+    from core.db import get_engine
+    from service.batching import MicroBatcher
+
+    client, key, _ = env
+    started, release = threading.Event(), threading.Event()
+
+    class Gated(MicroBatcher):
+        async def submit(self, key_, batch, runner):  # type: ignore[no-untyped-def]
+            def gated(x: np.ndarray) -> np.ndarray:
+                started.set()
+                release.wait(60)
+                return runner(x)
+
+            return await super().submit(key_, batch, gated)
+
+    app = client.app
+    kept, app.state.batcher = app.state.batcher, Gated()
+    name, _, data = _test_images(1)[0]
+    answers: list[int] = []
+    request = threading.Thread(
+        target=lambda: answers.append(
+            client.post(
+                f"/v1/models/{probe['id']}/predict", headers=auth(key), files=[("files", (name, data))]
+            ).status_code
+        )
+    )
+    request.start()
+    try:
+        assert started.wait(60)  # the request is inside the batcher now, waiting for its forward pass
+        assert get_engine().pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        release.set()
+        request.join(60)
+        app.state.batcher.close()
+        app.state.batcher = kept
+    assert answers == [200]
+
+
 def test_models_are_scoped_to_their_tenant(env, probe) -> None:
     client, key, _ = env
     from core.db import session_scope
