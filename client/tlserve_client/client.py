@@ -397,7 +397,7 @@ class Aliases(_Resource):
     retrained model goes live with ``aliases.set("prod", new_model_id)``, with no change to its code."""
 
     def list(self) -> list[Alias]:
-        return cast(list[Alias], self._c._json("GET", "/v1/aliases"))
+        return cast(list[Alias], self._c._list("/v1/aliases"))
 
     def get(self, name: str) -> Alias:
         return cast(Alias, self._c._json("GET", f"/v1/aliases/{name}"))
