@@ -13,7 +13,7 @@ from core.settings import get_settings
 from service.batching import MicroBatcher
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
-from service.routes import aliases, backbones, datasets, features, health, images, jobs, models, ui, usage
+from service.routes import aliases, backbones, datasets, features, health, images, jobs, models, similarity, ui, usage
 from service.streams import StreamSlots
 
 REQUESTS = Counter("tlserve_http_requests_total", "HTTP requests", ["method", "route", "status"])
@@ -49,7 +49,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="tlserve", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.state.streams = StreamSlots()
-    for module in (health, datasets, images, jobs, backbones, features, models, aliases, usage, ui):
+    for module in (health, datasets, images, jobs, backbones, features, similarity, models, aliases, usage, ui):
         app.include_router(module.router)
     app.include_router(models.compare_router)
 

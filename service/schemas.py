@@ -307,6 +307,41 @@ class PredictOut(BaseModel):
     predictions: list[FilePrediction]
 
 
+class Neighbour(BaseModel):
+    image_id: str
+    file: str
+    label: str = Field(description="from the feature set's own dataset version")
+    split: str
+    distance: float = Field(description="cosine distance of the features: 0 same direction, 2 opposite")
+
+
+class SearchResult(BaseModel):
+    file: str | None = Field(None, description="the uploaded query file")
+    image_id: str | None = Field(None, description="the query image of the set (itself left out)")
+    neighbours: list[Neighbour] | None = None
+    error: str | None = None
+
+
+class SearchOut(BaseModel):
+    feature_set_id: str
+    k: int
+    results: list[SearchResult]
+
+
+class NearDuplicate(BaseModel):
+    test: Neighbour
+    train: Neighbour
+    distance: float
+
+
+class NearDuplicatesOut(BaseModel):
+    """Test images whose nearest training image is within ``threshold``: train/test leakage."""
+
+    feature_set_id: str
+    threshold: float
+    pairs: list[NearDuplicate]
+
+
 class ClassifyOut(BaseModel):
     backbone: str
     predictions: list[FilePrediction]
