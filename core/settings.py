@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     batch_size: int = 32
     device: str = "auto"  # auto | cpu | cuda | mps
     model_cache_size: int = 4
+    # A served model is re-checked against its row (deleted? replaced?) when last confirmed longer ago than
+    # this: how soon a model deleted through one API process stops serving in the others.
+    serving_revalidate_s: float = Field(1.0, ge=0)
     batch_max_size: int = 32  # predict micro-batching: most images in one merged forward pass
     batch_window_s: float = 0.0  # > 0: an idle model waits this long for more requests before running
     inference_threads: int = 1  # threads running forward passes in the API process
