@@ -49,7 +49,8 @@ def create_model(body: ModelRequest, session: SessionDep, tenant_id: TenantDep) 
 
 @router.get("", response_model=list[ModelOut])
 def list_models(session: SessionDep, tenant_id: TenantDep) -> list[ModelOut]:
-    return [ModelOut.from_row(m) for m in mdl.list_models(session, tenant_id)]
+    """Models of over 100 classes come without their confusion matrix and per-class table (see ``omitted``)."""
+    return [ModelOut.summary(m) for m in mdl.list_models(session, tenant_id)]
 
 
 @router.get("/{model_id}", response_model=ModelOut)
