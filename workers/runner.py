@@ -61,6 +61,12 @@ class Heartbeat:
         self._thread.join()
 
 
+INTERNAL_ERROR_MESSAGE = (
+    "the job stopped on an internal error; nothing you sent caused it. Retry it; if it fails again, "
+    "report job {job_id} (the service's log has the details)"
+)
+
+
 def _time_limit_error() -> type[BaseException]:
     from celery.exceptions import SoftTimeLimitExceeded
 
@@ -90,9 +96,10 @@ def run_job(job_id: str, body: JobBody, owner: str | None = None) -> None:
         except _time_limit_error():
             limit = get_settings().job_soft_time_limit_s
             jobs.fail(job_id, "time_limit", f"the job ran longer than its time limit ({limit} s)", owner)
-        except Exception as exc:  # a bug or an environment fault: recorded on the job, never lost
+        except Exception:  # a bug or an environment fault: recorded on the job, never lost
+            # The details (SQL, parameters, storage keys, the traceback) go to the log, never to the user.
             log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
-            jobs.fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}", owner)
+            jobs.fail(job_id, "internal_error", INTERNAL_ERROR_MESSAGE.format(job_id=job_id), owner)
         else:
             jobs.complete(job_id, metrics, owner)
             log.info("job %s succeeded", job_id)
