@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.db import get_owned
@@ -58,7 +59,13 @@ def new_version(session: Session, dataset: Dataset) -> DatasetVersion:
     number = (latest.version if latest else 0) + 1
     version = DatasetVersion(dataset_id=dataset.id, version=number, status=VersionStatus.PROCESSING, params=params)
     session.add(version)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # a concurrent request made this version number first: this one is told so
+        session.rollback()
+        raise Conflict(
+            f"another version of dataset {dataset.id} is being made at this moment; retry when it is ready"
+        ) from None
     return version
 
 
