@@ -20,6 +20,9 @@ from core.pagination import Page, keyset_page
 from core.storage import get_storage
 from core.tables import DatasetVersion, Image
 
+# The one list of image formats the service reads (Pillow's names), judged by content: ingestion and every
+# synchronous path (predict, embed, classify) open files with exactly these, never every format Pillow knows.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 FILENAME_MAX = 500  # the images.filename column
 
 
