@@ -154,14 +154,17 @@ def mark_running(session: Session, fs: FeatureSet) -> None:
             row.status = ResourceStatus.RUNNING
 
 
-def mark_ready(session: Session, tenant_id: str, key: str, stats: dict, num_images: int) -> None:
+def mark_ready(session: Session, tenant_id: str, key: str, stats: dict, num_images: int) -> int:
     """Every chunk of ``key`` is stored: every row of these features still waiting is ready (whichever
-    version asked, even when the row that started the job has been deleted since)."""
-    stmt = select(FeatureSet).where(
-        FeatureSet.tenant_id == tenant_id, FeatureSet.cache_key == key, FeatureSet.status.in_(_BUILDING)
+    version asked, even when the row that started the job has been deleted since). Returns how many rows
+    use these features; none means every dataset that asked was deleted meanwhile."""
+    rows = list(
+        session.scalars(select(FeatureSet).where(FeatureSet.tenant_id == tenant_id, FeatureSet.cache_key == key))
     )
-    for row in session.scalars(stmt):
-        row.status, row.stats, row.num_images = ResourceStatus.READY, stats, num_images
+    for row in rows:
+        if row.status in _BUILDING:
+            row.status, row.stats, row.num_images = ResourceStatus.READY, stats, num_images
+    return len(rows)
 
 
 def get_feature_set(session: Session, tenant_id: str, feature_set_id: str) -> FeatureSet:

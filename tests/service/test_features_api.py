@@ -216,3 +216,15 @@ def test_same_images_other_labels_share_vectors_never_labels_splits_or_lifetime(
     assert get_storage().exists(chunk_key(prefix, 0))
     assert client.delete(f"/v1/datasets/{b['id']}", headers=auth(key)).status_code == 204
     assert not get_storage().exists(chunk_key(prefix, 0))
+
+
+def test_an_extraction_stops_when_its_dataset_is_deleted(env) -> None:
+    client, key = env
+    body = upload_dataset(client, key, class_folder_zip("fashion", per_class=30, seed=5), name="gone").json()
+    assert wait_for_job(client, body["job_id"], key)["status"] == "succeeded"
+    fs = client.post("/v1/features", headers=auth(key), json={"dataset_id": body["id"]}).json()
+    assert fs["status"] == "queued"
+    assert client.delete(f"/v1/datasets/{body['id']}", headers=auth(key)).status_code == 204
+    job = wait_for_job(client, fs["job_id"], key)
+    assert job["status"] == "cancelled", job
+    assert client.get(f"/v1/features/{fs['id']}", headers=auth(key)).status_code == 404

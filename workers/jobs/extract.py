@@ -100,7 +100,9 @@ def extract_features(ctx: JobContext | None, fs_id: str) -> dict[str, Any]:
         "engine_used": getattr(engine, "key", type(engine).__name__),
     }
     with session_scope() as s:
-        fsets.mark_ready(s, tenant_id, content_key, stats, total)
+        users = fsets.mark_ready(s, tenant_id, content_key, stats, total)
+    if not users:  # its datasets were deleted while it ran: leave no orphan chunks behind
+        storage.delete_prefix(prefix)
     return stats
 
 
