@@ -94,7 +94,7 @@ def run_job(job_id: str, body: JobBody, owner: str | None = None) -> None:
             log.info("job %s failed: %s", job_id, exc.message)
             jobs.fail(job_id, exc.code, exc.message, owner)
         except _time_limit_error():
-            limit = get_settings().job_soft_time_limit_s
+            limit = get_settings().soft_time_limit_s(ctx.kind)
             jobs.fail(job_id, "time_limit", f"the job ran longer than its time limit ({limit} s)", owner)
         except Exception:  # a bug or an environment fault: recorded on the job, never lost
             # The details (SQL, parameters, storage keys, the traceback) go to the log, never to the user.

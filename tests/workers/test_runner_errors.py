@@ -37,3 +37,27 @@ def test_a_crash_reaches_the_user_as_a_code_and_a_plain_message(db: str, caplog:
         assert leak not in error["message"]
     assert job_id in error["message"]
     assert "INSERT INTO images" in caplog.text  # the operator still has everything
+
+
+def test_each_job_kind_has_its_own_time_limit(db: str) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from core.settings import get_settings
+    from workers.tasks import TASKS
+
+    settings = get_settings()
+    assert TASKS["fit"].soft_time_limit == 3600 and TASKS["ingest"].soft_time_limit == 3600
+    assert TASKS["finetune"].soft_time_limit == settings.job_soft_time_limit_s  # may run for hours
+    for task in TASKS.values():
+        assert task.soft_time_limit < task.time_limit < settings.visibility_timeout_s
+    with session_scope() as s:
+        tenant = get_or_create_tenant(s, "acme")
+        job_id = jobs.create_job(s, tenant_id=tenant.id, kind="fit").id
+
+    def body(ctx: jobs.JobContext) -> dict:
+        raise SoftTimeLimitExceeded()
+
+    run_job(job_id, body, owner="test")
+    with session_scope() as s:
+        error = s.get(Job, job_id).error
+    assert error == {"code": "time_limit", "message": "the job ran longer than its time limit (3600 s)"}
