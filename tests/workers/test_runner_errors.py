@@ -61,3 +61,22 @@ def test_each_job_kind_has_its_own_time_limit(db: str) -> None:
     with session_scope() as s:
         error = s.get(Job, job_id).error
     assert error == {"code": "time_limit", "message": "the job ran longer than its time limit (3600 s)"}
+
+
+def test_a_job_that_fails_because_it_was_cancelled_under_it_ends_cancelled(db: str) -> None:
+    """Deleting a dataset cancels its extraction and deletes what the job reads: the job ends cancelled."""
+    from core.errors import NotFound
+
+    with session_scope() as s:
+        tenant = get_or_create_tenant(s, "acme")
+        job_id = jobs.create_job(s, tenant_id=tenant.id, kind="extract").id
+
+    def body(ctx: jobs.JobContext) -> dict:
+        with session_scope() as s:
+            s.get(Job, ctx.job_id).cancel_requested = True  # DELETE /v1/datasets/{id} meanwhile
+        raise NotFound("feature set 'fs_1' no longer exists")
+
+    run_job(job_id, body, owner="test")
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "cancelled" and job.error is None
