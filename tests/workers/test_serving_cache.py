@@ -121,3 +121,29 @@ def test_a_build_racing_a_delete_does_not_put_the_model_back(db: str) -> None:
     assert len(cache) == 0
     with pytest.raises(NotFound):
         cache.get(tenant_id, model_id)
+
+
+def test_a_database_outage_keeps_serving_what_was_valid(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from core.settings import reset_settings
+
+    monkeypatch.setenv("TLSERVE_SERVING_REVALIDATE_S", "0")  # re-check on every request
+    reset_settings()
+    tenant_id, model_id = _model()
+    down = threading.Event()
+
+    def stamp(t: str, m: str) -> str:
+        if down.is_set():
+            raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+        return _stamp(t, m)
+
+    cache = PredictorCache(Builds(), stamp)
+    first = cache.get(tenant_id, model_id)
+    down.set()
+    assert cache.get(tenant_id, model_id) is first
+    down.clear()
+    with session_scope() as s:
+        s.delete(s.get(Model, model_id))
+    with pytest.raises(NotFound):
+        cache.get(tenant_id, model_id)

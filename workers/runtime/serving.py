@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 from classifiers.scores import softmax, top_k
 from core import models as mdl
@@ -25,6 +27,8 @@ from core.settings import get_settings
 from core.storage import get_storage
 from workers.backbones import BackboneSpec, WeightsInfo, get_backbone
 from workers.runtime.cache import LRUCache
+
+log = logging.getLogger(__name__)
 
 
 class FinetunedEngine:
@@ -135,13 +139,16 @@ class PredictorCache:
             now = time.monotonic()
             if now - entry.checked_at < get_settings().serving_revalidate_s:
                 return entry.predictor
+            entry.checked_at = now  # one re-check at a time: requests arriving meanwhile use the entry
             try:
                 stamp = self._stamp(tenant_id, model_id)
             except (NotFound, Conflict):
                 self._lru.discard(lambda k: k == key)
                 raise
+            except SQLAlchemyError:  # the database is down: nothing can be deleted either; keep serving
+                log.warning("could not re-check model %s against the database; serving the cached one", model_id)
+                return entry.predictor
             if stamp == entry.stamp:
-                entry.checked_at = now
                 return entry.predictor
             self._lru.discard(lambda k: k == key)  # replaced: build anew
         epoch = self._epoch
