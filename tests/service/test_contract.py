@@ -129,3 +129,12 @@ def test_model_lists_leave_out_the_tables_of_models_with_many_classes(db: str, a
     assert listed["mdl_big"]["metrics"]["accuracy"] == 0.5
     assert len(listed["mdl_small"]["metrics"]["confusion_matrix"]) == 3 and listed["mdl_small"]["omitted"] is None
     assert len(big["metrics"]["confusion_matrix"]) == 150 and len(big["metrics"]["per_class"]) == 150
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/datasets/ds_x?version=99999999999", "/v1/datasets/ds_x/images?version=99999999999"]
+)
+def test_version_numbers_past_the_column_get_422_not_a_database_error(db: str, api_key: str, path: str) -> None:
+    with TestClient(create_app()) as client:
+        resp = client.get(path, headers=auth(api_key))
+    assert resp.status_code == 422 and "2147483647" in resp.json()["error"]["message"], resp.text
