@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 from core.db import get_owned
 from core.errors import Conflict, InvalidInput, NotFound
 from core.jobs import request_cancel
-from core.keys import dataset_prefix
-from core.status import ACTIVE_JOB, ResourceStatus, VersionStatus
+from core.keys import dataset_prefix, upload_prefix
+from core.status import ACTIVE_JOB, JobKind, ResourceStatus, VersionStatus
 from core.tables import Dataset, DatasetVersion, FeatureSet, Image, Job
 
 ACTIVE_RESOURCE = (ResourceStatus.QUEUED, ResourceStatus.RUNNING)
@@ -76,12 +76,14 @@ def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
 def delete_dataset(session: Session, tenant_id: str, dataset_id: str) -> list[str]:
     """Delete a dataset, its versions and images, and its feature sets (keeping stored features another
     dataset uses); cancel its running jobs and the extractions nothing else waits on. Returns the storage
-    prefixes to remove once the transaction has committed."""
+    prefixes to remove once the transaction has committed (with the uploads its ingestions left)."""
     dataset = get_dataset(session, tenant_id, dataset_id)
     prefixes = [dataset_prefix(tenant_id, dataset_id), *_release_feature_sets(session, tenant_id, dataset_id)]
-    running = select(Job).where(Job.resource_id == dataset_id, Job.status.in_(ACTIVE_JOB))
-    for job in session.scalars(running):
-        job.cancel_requested = True
+    for job in session.scalars(select(Job).where(Job.resource_id == dataset_id)):
+        if job.status in ACTIVE_JOB:
+            job.cancel_requested = True
+        if job.kind == JobKind.INGEST:  # a failed or cancelled ingestion's upload (up to 512 MB) goes too
+            prefixes.append(upload_prefix(tenant_id, job.id))
     session.delete(dataset)
     return prefixes
 
