@@ -18,6 +18,13 @@ from service.streams import StreamSlots
 
 REQUESTS = Counter("tlserve_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("tlserve_http_request_seconds", "HTTP request latency", ["method", "route"])
+# Label values must come from a fixed set: any token is a valid HTTP method, and each new label value is a
+# new time series, so a caller could grow /metrics without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
 
 
 @asynccontextmanager
@@ -59,8 +66,9 @@ def create_app() -> FastAPI:
         response: Response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
-        REQUESTS.labels(request.method, path, response.status_code).inc()
-        LATENCY.labels(request.method, path).observe(time.perf_counter() - start)
+        method = method_label(request.method)
+        REQUESTS.labels(method, path, response.status_code).inc()
+        LATENCY.labels(method, path).observe(time.perf_counter() - start)
         return response
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)

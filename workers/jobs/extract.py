@@ -24,7 +24,6 @@ from core.errors import NotFound
 from core.jobs import JobContext
 from core.keys import chunk_key
 from core.settings import get_settings
-from core.status import ResourceStatus
 from core.storage import get_storage
 from core.tables import FeatureSet
 from workers.plan import extractor, resolve_backbone
@@ -51,15 +50,17 @@ def _batches(items: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str
 
 
 def extract_features(ctx: JobContext | None, fs_id: str) -> dict[str, Any]:
-    """Fill a feature set's chunks (skipping those already written) and mark it ready."""
+    """Fill a feature set's chunks (skipping those already written) and mark it ready, with every other
+    version's row waiting on the same features."""
     settings, storage = get_settings(), get_storage()
     with session_scope() as s:
         fs = s.get(FeatureSet, fs_id)
         if fs is None:
             raise NotFound(f"feature set {fs_id!r} no longer exists")
-        fs.status = ResourceStatus.RUNNING
+        fsets.mark_running(s, fs)
         rows = [(img.sha256, img.canonical_key) for img in ds.version_images(s, fs.version_id)]
         prefix, backbone, tenant_id, digest = fs.storage_prefix, fs.backbone, fs.tenant_id, fs.weights_digest
+        content_key = fs.cache_key
     spec, _ = resolve_backbone(backbone, True, tenant_id)
     engine = feature_engine(backbone, tenant_id, digest)
     start, forwarded, total = time.perf_counter(), 0, len(rows)
@@ -99,9 +100,9 @@ def extract_features(ctx: JobContext | None, fs_id: str) -> dict[str, Any]:
         "engine_used": getattr(engine, "key", type(engine).__name__),
     }
     with session_scope() as s:
-        fs = s.get(FeatureSet, fs_id)
-        if fs is not None:
-            fs.status, fs.stats, fs.num_images = ResourceStatus.READY, stats, total
+        users = fsets.mark_ready(s, tenant_id, content_key, stats, total)
+    if not users:  # its datasets were deleted while it ran: leave no orphan chunks behind
+        storage.delete_prefix(prefix)
     return stats
 
 
