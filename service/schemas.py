@@ -382,6 +382,7 @@ class NearDuplicatesOut(BaseModel):
 
     feature_set_id: str
     threshold: float
+    ratio: float
     pairs: list[NearDuplicate]
 
 

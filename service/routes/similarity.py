@@ -36,9 +36,12 @@ def near_duplicates(
     feature_set_id: str,
     tenant_id: TenantDep,
     threshold: Annotated[float, Query(ge=0.0, le=2.0)] = similarity.LEAK_THRESHOLD,
+    ratio: Annotated[float, Query(gt=0.0, le=1.0)] = similarity.LEAK_RATIO,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> NearDuplicatesOut:
-    """Test images whose nearest training image is within ``threshold`` (cosine distance), closest first:
-    images that leak from training into the test split and flatter the test metrics."""
-    pairs = similarity.get_index(tenant_id, feature_set_id).leaks(threshold, limit)
-    return NearDuplicatesOut.model_validate({"feature_set_id": feature_set_id, "threshold": threshold, "pairs": pairs})
+    """Test images whose nearest training image is within ``threshold`` (cosine distance) and nearer than
+    ``ratio`` times the next training image (1 turns that test off), closest first: images that leak from
+    training into the test split and flatter the test metrics."""
+    pairs = similarity.get_index(tenant_id, feature_set_id).leaks(threshold, ratio, limit)
+    body = {"feature_set_id": feature_set_id, "threshold": threshold, "ratio": ratio, "pairs": pairs}
+    return NearDuplicatesOut.model_validate(body)
