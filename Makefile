@@ -52,6 +52,7 @@ lint: install
 
 bench: install sample-data
 	for b in ingest first_model extract head_fit predict load search finetune quality; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
