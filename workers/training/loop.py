@@ -256,6 +256,7 @@ class _Trainer:
         self.path.set_cut(self.schedule.first_trainable(0))
         groups = [self._head_group(1.0)] + [self.schedule.param_group(i, 1.0) for i in self.schedule.trainable(0)]
         optimizer = build_optimizer(self.cfg, groups, lr=1.0)
+        scaler = self.precision.grad_scaler()  # its own: the run's scaler state must not see the test
 
         def step(x: torch.Tensor, y: torch.Tensor) -> float:
             self.schedule.set_train_mode(self.model, bn_eval=self.bn_eval)
@@ -263,8 +264,9 @@ class _Trainer:
                 logits = self.path.forward(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             return float(loss.detach())
 
         def batches() -> Any:
