@@ -66,6 +66,9 @@ class FinetuneBody(Strict):
     head_init: Literal["probe", "random"] | None = Field(
         None, description='"probe" [default]: the head starts as the linear probe of the train split (LP-FT)'
     )
+    refit_probe: bool | None = Field(
+        None, description="when the probe (epoch 0) stays the best, refit it on train + val as a linear probe is [true]"
+    )
     init: str | None = Field(None, max_length=16)
     discriminative_lr_decay: float | None = Field(
         None, gt=0, le=1, description="rate factor per stage below the head; default: the bottom stage gets lr/100"

@@ -137,7 +137,7 @@ def test_training_graph_features_are_the_feature_cache_features(tmp_path: Path, 
 def test_the_kept_model_is_never_worse_than_the_probe(unfreeze: str, monitor: str) -> None:
     """Real digits: the best epoch's monitored validation score is at least epoch 0's (the probe's)."""
     train, val = digit_split(30, 15)
-    cfg = FinetuneConfig(epochs=3, unfreeze=unfreeze, monitor=monitor, early_stopping_patience=0)
+    cfg = FinetuneConfig(epochs=3, unfreeze=unfreeze, monitor=monitor, early_stopping_patience=0, refit_probe=False)
     result = finetune(LENET, train, val, cfg)
     initial = result.initial
     assert initial["head_init"] == "probe" and initial["val_acc"] > 0.6  # LeNet's random features + probe
@@ -152,16 +152,36 @@ def test_the_kept_model_is_never_worse_than_the_probe(unfreeze: str, monitor: st
 
 
 def test_a_harmful_fine_tune_hands_back_the_probe() -> None:
-    """A learning rate that wrecks the head: every epoch is worse, so epoch 0 (the probe) is kept."""
+    """A learning rate that wrecks the head: every epoch is worse, so epoch 0 (the probe) is kept — as it
+    was (``refit_probe: false``), or refitted on train + val like a linear probe (the default)."""
     train, val = digit_split(20, 10)
     cfg = FinetuneConfig(
-        epochs=2, unfreeze="all", optimizer="sgd", lr=10.0, warmup=0.0, schedule="none", early_stopping_patience=0
+        epochs=2,
+        unfreeze="all",
+        optimizer="sgd",
+        lr=10.0,
+        warmup=0.0,
+        schedule="none",
+        early_stopping_patience=0,
+        refit_probe=False,
     )
     result = finetune(LENET, train, val, cfg)
-    assert result.best_epoch == 0
+    assert result.best_epoch == 0 and not result.refit_on_val
     logits = predict_logits(result.model, decode(val, LENET.preprocessing), LENET.preprocessing)
     accuracy = float((logits.argmax(1) == torch.as_tensor(val.labels)).float().mean())
     assert accuracy == pytest.approx(result.initial["val_acc"], abs=1e-6)
+
+    refitted = finetune(LENET, train, val, dataclasses.replace(cfg, refit_probe=True))
+    assert refitted.best_epoch == 0 and refitted.refit_on_val
+    trunk = _seeded_lenet(cfg.seed)  # epoch 0's trunk: untouched
+    transform = batch_transform(LENET.preprocessing, train=False)
+    features = [pooled_features(trunk, [transform(decode(s, LENET.preprocessing))]) for s in (train, val)]
+    labels = np.concatenate([train.labels, val.labels])
+    want = fit_probe(np.concatenate(features), labels, [str(i) for i in range(10)], seed=cfg.seed)
+    np.testing.assert_allclose(refitted.state_dict["net.classifier.weight"].numpy(), want.weight, rtol=1e-5, atol=1e-4)
+    for key, value in result.state_dict.items():  # the trunk is epoch 0's in both
+        if not key.startswith("net.classifier"):
+            assert torch.equal(value, refitted.state_dict[key]), key
 
 
 def test_random_head_init_is_still_possible() -> None:

@@ -120,7 +120,6 @@ def finetune_job(ctx: JobContext) -> dict[str, Any]:
     start = time.perf_counter()
     pretrained = None if model.lineage.get("weights_digest") != "random" else False
     cached = _cached_features(ctx, model, spec, cfg, by_split, classes)
-    probe_features = cached["train"][0] if cached is not None and resume is None else None
     result = finetune(
         spec,
         _samples(by_split["train"], classes),
@@ -129,7 +128,8 @@ def finetune_job(ctx: JobContext) -> dict[str, Any]:
         callbacks=_callbacks(ctx, cfg.epochs, save),
         resume_state=resume,
         pretrained=pretrained,
-        probe_features=probe_features,
+        probe_features=cached["train"][0] if cached is not None else None,
+        probe_val_features=cached["val"][0] if cached is not None else None,
     )
     train_seconds = time.perf_counter() - start
     ctx.check_cancelled(force=True)
@@ -149,6 +149,7 @@ def finetune_job(ctx: JobContext) -> dict[str, Any]:
         ),
         "resumed_from_epoch": int(resume["epoch"]) if resume else None,
         "initial": result.initial,
+        "refit_on_val": result.refit_on_val,
         "lr": result.lr,
     }
     if result.lr_find is not None:

@@ -60,6 +60,7 @@ class FinetuneResult:
     lr: float = 0.0
     lr_find: dict[str, Any] | None = None
     probe: ProbeHead | None = None  # the probe the head started from (None: random head, or a resumed run)
+    refit_on_val: bool = False  # epoch 0 stayed the best and the head is the probe refitted on train + val
 
 
 def finetune(
@@ -76,18 +77,21 @@ def finetune(
     pca: tuple[torch.Tensor, torch.Tensor] | None = None,
     deterministic_algorithms: bool = True,
     probe_features: np.ndarray | None = None,
+    probe_val_features: np.ndarray | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``spec`` on ``train``, early-stopping on ``val``. ``resume_state`` (a ``save_checkpoint``
     snapshot of the same run) continues after its last epoch with identical results. ``pca``: the
     dataset's :func:`~workers.training.augment.rgb_pca`, computed from ``train`` when needed and not given.
     ``probe_features``: pooled features of ``train`` (same order) from the feature cache, for the probe that
     initialises the head (``head_init="probe"``); without them the model computes them itself (eval mode).
+    ``probe_val_features``: the same for ``val``, used when epoch 0 stays the best and ``refit_probe`` refits
+    the probe on train + val.
     Raises ``InvalidInput`` for bad data or settings and ``TrainingCancelled`` when ``should_stop()``."""
     with deterministic(deterministic_algorithms):
         trainer = _Trainer(
             spec, train, val, cfg, callbacks or Callbacks(), pick_device(device), pretrained, num_workers, pca
         )
-        return trainer.fit(resume_state, probe_features)
+        return trainer.fit(resume_state, probe_features, probe_val_features)
 
 
 class _Trainer:
@@ -133,6 +137,7 @@ class _Trainer:
         self.lr = float(cfg.lr) if not cfg.auto_lr else 0.0  # resolved in fit()
         self.lr_find: dict[str, Any] | None = None
         self.probe: ProbeHead | None = None
+        self.probe_inputs: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
         self.optimizer: torch.optim.Optimizer = build_optimizer(
             cfg, [self._head_group(self.lr or 1.0)], lr=self.lr or 1.0
         )
@@ -178,7 +183,13 @@ class _Trainer:
 
     # --- the epoch loop -------------------------------------------------------------------------------------
 
-    def fit(self, resume_state: dict[str, Any] | None, probe_features: np.ndarray | None = None) -> FinetuneResult:
+    def fit(
+        self,
+        resume_state: dict[str, Any] | None,
+        probe_features: np.ndarray | None = None,
+        probe_val_features: np.ndarray | None = None,
+    ) -> FinetuneResult:
+        self.probe_inputs = (probe_features, probe_val_features)
         start = self._restore(resume_state) if resume_state is not None else self._start(probe_features)
         for epoch in range(start, self.cfg.epochs):
             if self.stopped:
@@ -215,7 +226,7 @@ class _Trainer:
             return {"head_init": "random", "note": "this backbone's head is not a Linear on pooled features"}
         source = "cache"
         if probe_features is None:
-            probe_features, source = self._train_features(), "model"
+            probe_features, source = self._split_features(train=True), "model"
         features = np.asarray(probe_features, dtype=np.float32)
         labels = self.data.train_y.numpy()
         if features.shape != (len(labels), self.model.num_features):
@@ -232,13 +243,13 @@ class _Trainer:
         self.cb.progress("probe", 1, 1)
         return {"head_init": "probe", "probe_C": probe.C, "probe_cv_score": probe.cv_score, "features": source}
 
-    def _train_features(self) -> np.ndarray:
-        """Pooled features of the un-augmented training images through this very model, in eval mode."""
+    def _split_features(self, *, train: bool) -> np.ndarray:
+        """Pooled features of one split's un-augmented images through this very model, in eval mode."""
         path = self.path
         if isinstance(path, CachedPath) and path.split.cut == len(self.model.stages()) and not self.model.layout.head:
-            return path.inputs[True].float().cpu().numpy()  # head only: the cache already holds them
+            return path.inputs[train].float().cpu().numpy()  # head only: the cache already holds them
         transform = batch_transform(self.spec.preprocessing, train=False)
-        images, size = self.data.train_x, 2 * self.cfg.batch_size
+        images, size = (self.data.train_x if train else self.data.val_x), 2 * self.cfg.batch_size
 
         def batches() -> Any:
             for start in range(0, len(images), size):
@@ -354,10 +365,30 @@ class _Trainer:
         patience = self.cfg.early_stopping_patience
         self.stopped = patience > 0 and self.bad_epochs >= patience
 
+    def _refit_probe(self) -> bool:
+        """Epoch 0 stayed the best: nothing trained on the training split beat the probe, so — as the
+        linear-probe strategy does after its C search — the probe is refitted on train + val (C searched
+        again) and becomes the head. The selection was made on a clean validation split; the refit comes after
+        it. Returns whether it happened."""
+        if not (self.cfg.refit_probe and self.initial.get("head_init") == "probe" and len(self.data.val_y)):
+            return False
+        train_x, val_x = self.probe_inputs
+        train_x = self._split_features(train=True) if train_x is None else train_x
+        val_x = self._split_features(train=False) if val_x is None else val_x
+        features = np.concatenate([np.asarray(train_x, np.float32), np.asarray(val_x, np.float32)])
+        labels = np.concatenate([self.data.train_y.numpy(), self.data.val_y.numpy()])
+        try:
+            probe = fit_probe(features, labels, list(self.classes), seed=self.cfg.seed)
+        except ValueError:
+            return False
+        load_head(self.head, probe)
+        return True
+
     def _result(self) -> FinetuneResult:
         if self.best["state"] is not None:
             self.model.load_state_dict(self.best["state"])
         best_epoch = self.best["epoch"] if self.best["state"] is not None else len(self.history)
+        refit = best_epoch == 0 and self.best["state"] is not None and self._refit_probe()
         self.model.eval().requires_grad_(False)
         return FinetuneResult(
             model=self.model,
@@ -371,6 +402,7 @@ class _Trainer:
             lr=self.lr,
             lr_find=copy.deepcopy(self.lr_find),
             probe=self.probe,
+            refit_on_val=refit,
         )
 
     # --- checkpoints --------------------------------------------------------------------------------------------
