@@ -76,6 +76,8 @@ def run_model(tenant_id: str, dataset_id: str, **request) -> dict:
             **({"best_epoch": out["best_epoch"], "data_path": out["data_path"]} if "best_epoch" in out else {}),
             **({"probe_accuracy": round(m.metrics["probe_accuracy"], 4)} if "probe_accuracy" in m.metrics else {}),
             **({"epoch0_val_acc": out["initial"].get("val_acc")} if out.get("initial") else {}),
+            **({"refit_on_val": out["refit_on_val"]} if "refit_on_val" in out else {}),
+            **({"seconds_per_epoch": out["seconds_per_epoch"]} if "seconds_per_epoch" in out else {}),
         }
 
 
