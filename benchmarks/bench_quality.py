@@ -16,10 +16,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
-from common import ingest_sample, isolated_env, write_result
+from common import RESULTS, ingest_sample, isolated_env, write_result
 
 
 def make_dataset(
@@ -187,6 +188,11 @@ def main() -> None:
             result["fashion_mnist"] = probe_report("fashion", args.fashion_per_class)
     source = "fashion" if fashion_available() else "digits"
     result["lpft"] = lpft_report(source, args.lpft_per_class, args.seeds)
+    if args.lpft_only:  # keep the other sections of the last full run
+        previous = RESULTS / "quality.json"
+        if previous.exists():
+            kept = {k: v for k, v in json.loads(previous.read_text()).items() if k not in ("machine", "lpft")}
+            result = {**kept, **result}
     write_result("quality", result)
 
 
