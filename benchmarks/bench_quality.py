@@ -187,11 +187,12 @@ def main() -> None:
         if fashion_available():
             result["fashion_mnist"] = probe_report("fashion", args.fashion_per_class)
     source = "fashion" if fashion_available() else "digits"
-    result["lpft"] = lpft_report(source, args.lpft_per_class, args.seeds)
+    section = "lpft" if args.lpft_per_class == 40 else f"lpft_{args.lpft_per_class * 10}"
+    result[section] = lpft_report(source, args.lpft_per_class, args.seeds)
     if args.lpft_only:  # keep the other sections of the last full run
         previous = RESULTS / "quality.json"
         if previous.exists():
-            kept = {k: v for k, v in json.loads(previous.read_text()).items() if k not in ("machine", "lpft")}
+            kept = {k: v for k, v in json.loads(previous.read_text()).items() if k not in ("machine", section)}
             result = {**kept, **result}
     write_result("quality", result)
 
