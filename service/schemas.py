@@ -68,7 +68,11 @@ class FinetuneBody(Strict):
     )
     gradual_every: int | None = Field(None, ge=1, le=1000)
     optimizer: str | None = Field(None, max_length=16)
-    lr: float | None = Field(None, gt=0, le=10)
+    lr: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] | None = Field(
+        None,
+        description='the head\'s learning rate (lower stages get discriminative fractions of it), or "auto": a '
+        "learning-rate range test (~100 steps) picks it with fastai's valley rule; default 1e-3",
+    )
     momentum: float | None = Field(None, ge=0, lt=1)
     weight_decay: float | None = Field(None, ge=0, le=1)
     dropout: float | None = Field(None, ge=0, lt=1)
@@ -78,8 +82,21 @@ class FinetuneBody(Strict):
     label_smoothing: float | None = Field(None, ge=0, lt=1)
     max_norm: float | None = Field(None, gt=0, le=1e6)
     schedule: str | None = Field(None, max_length=16)
+    warmup: float | None = Field(None, ge=0, lt=1, description="fraction of the steps of linear warm-up [0.1]")
+    head_init: Literal["probe", "random"] | None = Field(
+        None, description='"probe" [default]: the head starts as the linear probe of the train split (LP-FT)'
+    )
+    refit_probe: bool | None = Field(
+        None, description="when the probe (epoch 0) stays the best, refit it on train + val as a linear probe is [true]"
+    )
     init: str | None = Field(None, max_length=16)
-    discriminative_lr_decay: float | None = Field(None, gt=0, le=1)
+    discriminative_lr_decay: float | None = Field(
+        None, gt=0, le=1, description="rate factor per stage below the head; default: the bottom stage gets lr/100"
+    )
+    bn_eval: bool | None = Field(None, description="BatchNorm in eval mode while training; default: unless 'all'")
+    monitor: Literal["val_loss", "val_acc"] | None = Field(
+        None, description="picks the best epoch (the probe's epoch 0 included) and drives early stopping"
+    )
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     data_path: str | None = Field(None, max_length=16)
 

@@ -41,6 +41,23 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 FORMATS = click.Choice(["text", "json"])
 
 
+class _LearningRate(click.ParamType):
+    """A positive number or "auto"."""
+
+    name = "LR|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | str:
+        if isinstance(value, float) or str(value).strip().lower() == "auto":
+            return value if isinstance(value, float) else "auto"
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
+
+
+_LR = _LearningRate()
+
+
 # --- errors as one line --------------------------------------------------------------------------------------
 
 
@@ -433,7 +450,7 @@ def models() -> None:
 @click.option("--epochs", type=int, default=None, help="fine-tune for N epochs")
 @click.option("--unfreeze", default=None, help="fine-tune: head | last:N | all | gradual")
 @click.option("--optimizer", default=None, help="fine-tune: sgd, nesterov, adagrad, adadelta, rmsprop, adam, adamw")
-@click.option("--lr", type=float, default=None, help="fine-tune: learning rate")
+@click.option("--lr", type=_LR, default=None, help='fine-tune: learning rate, or "auto" (a range test picks it)')
 @click.option("--batch-size", type=int, default=None, help="fine-tune: batch size")
 @click.option("--augment", multiple=True, help="fine-tune: hflip, vflip, rotate, crop, ... (repeatable)")
 @click.option("--version", type=int, default=None, help="dataset version (default: the latest ready one)")
@@ -451,7 +468,7 @@ def models_train(
     epochs: int | None,
     unfreeze: str | None,
     optimizer: str | None,
-    lr: float | None,
+    lr: float | str | None,
     batch_size: int | None,
     augment: tuple[str, ...],
     version: int | None,
