@@ -15,7 +15,6 @@ process start, in the same run.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import socket
 import subprocess
@@ -67,17 +66,17 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def images(per_class: int, folder: Path) -> bytes:
-    """The images as class folders on disk (for the plain script) and as a zip (for the upload)."""
+def images(per_class: int, folder: Path) -> Path:
+    """The images as class folders on disk (for the plain script) and as a zip beside them (the upload)."""
     from core.sample_data import default_source, iter_labelled_pngs
 
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:  # PNGs do not compress further
+    archive = folder.with_suffix(".zip")
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:  # PNGs do not compress further
         for name, label, data in iter_labelled_pngs(default_source(), per_class, seed=1, side=SIDE):
             (folder / label).mkdir(parents=True, exist_ok=True)
             (folder / label / name).write_bytes(data)
             zf.writestr(f"{label}/{name}", data)
-    return buf.getvalue()
+    return archive
 
 
 def plain_script(folder: Path, threads: int) -> dict:
@@ -99,7 +98,7 @@ def plain_script(folder: Path, threads: int) -> dict:
     }
 
 
-def first_model(archive: bytes, graph_cache: Path) -> dict:
+def first_model(archive: Path, graph_cache: Path) -> dict:
     """Start ``tlserve up`` on an empty data folder, then upload → ingestion → probe → ready."""
     import redis
     from tlserve_client import Client
@@ -134,7 +133,7 @@ def first_model(archive: bytes, graph_cache: Path) -> dict:
                         raise
                 time.sleep(0.2)  # waiting for another process to come up
             start = time.perf_counter()
-            ds = tl.datasets.upload(io.BytesIO(archive), name="first", wait=True, timeout=600)
+            ds = tl.datasets.upload(archive, name="first", wait=True, timeout=600)
             ingested = time.perf_counter() - start
             model = tl.models.train(ds["id"], BACKBONE, wait=True, timeout=900)
             total = time.perf_counter() - start
