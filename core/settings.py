@@ -33,7 +33,13 @@ class Settings(BaseSettings):
     # hub's cache), keyed by weights digest, preprocessing and library versions; "" turns it off.
     graph_cache_dir: Path | None = Field(default_factory=_default_graph_cache_dir)
     warm_backbones: tuple[str, ...] = ("efficientnet_lite0",)  # exported by `tlserve warm` and at worker start
-    storage_url: str | None = None  # default: local folder data_dir/artifacts
+    # Artifact storage: "file:///folder" (default: data_dir/artifacts) or "s3://bucket/prefix" (s3fs; the
+    # standard AWS_* variables give the credentials, s3_endpoint_url points at MinIO or another S3 store).
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None
+    # Local copies of remote objects for libraries that need a path (bounded, least recently used evicted).
+    cache_dir: Path | None = None  # default: data_dir/cache
+    cache_max_bytes: int = Field(2 * 1024**3, ge=0)
 
     # Upload and ingestion limits (hostile input)
     max_upload_bytes: int = 512 * 1024 * 1024
@@ -125,6 +131,18 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or self.data_dir / "cache"
+
+    @property
+    def storage_is_remote(self) -> bool:
+        return (
+            bool(self.storage_url)
+            and "://" in str(self.storage_url)
+            and not str(self.storage_url).startswith("file://")
+        )
 
     @property
     def broker_is_memory(self) -> bool:
