@@ -182,3 +182,40 @@ def test_get_storage_follows_the_settings(s3_env: str, tmp_path: Path, monkeypat
     finally:
         monkeypatch.delenv("TLSERVE_STORAGE_URL")
         reset_caches()
+
+
+def _child_round_trip(queue) -> None:  # type: ignore[no-untyped-def]
+    from core.storage import get_storage
+
+    try:
+        storage = get_storage()
+        storage.put_bytes("from/child", storage.get_bytes("from/parent") + b" and child")
+        queue.put("ok")
+    except BaseException as exc:  # reported to the parent, which asserts
+        queue.put(repr(exc))
+
+
+def test_a_forked_process_gets_its_own_connection(s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery's prefork pool forks the worker's main process, which has used the storage already: an s3fs
+    instance and its event loop must not be shared across the fork."""
+    import multiprocessing
+
+    from core.storage import get_storage
+
+    monkeypatch.setenv("TLSERVE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TLSERVE_STORAGE_URL", f"s3://{make_bucket(s3_env)}/p")
+    monkeypatch.setenv("TLSERVE_S3_ENDPOINT_URL", s3_env)
+    reset_caches()
+    try:
+        get_storage().put_bytes("from/parent", b"parent")
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_child_round_trip, args=(queue,))
+        child.start()
+        outcome = queue.get(timeout=120)
+        child.join(timeout=60)
+        assert outcome == "ok" and child.exitcode == 0
+        assert get_storage().get_bytes("from/child") == b"parent and child"  # the parent's still works
+    finally:
+        monkeypatch.delenv("TLSERVE_STORAGE_URL")
+        reset_caches()
