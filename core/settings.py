@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     batch_max_size: int = 32  # predict micro-batching: most images in one merged forward pass
     batch_window_s: float = 0.0  # > 0: an idle model waits this long for more requests before running
     inference_threads: int = 1  # threads running forward passes in the API process
+    # An extraction of more images than this is split into shards of about this many images, each a job of
+    # its own that any free worker runs; the feature set is published when every shard has landed. 0: never.
+    extract_shard_images: int = Field(4096, ge=0)
 
     # Load: every default is far above what one user does, so only abuse or overload meets them.
     # Predictions waiting in a model's micro-batch queue (images); beyond it, or after waiting longer than
