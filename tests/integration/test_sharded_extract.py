@@ -81,3 +81,25 @@ def test_a_killed_shard_reruns_alone_and_the_set_is_published_once_every_shard_l
         with np.load(io.BytesIO(download.content), allow_pickle=False) as z:
             assert z["features"].shape == (1200, 1280) and len(set(z["image_ids"].tolist())) == 1200
             assert np.isfinite(z["features"]).all()
+
+
+def test_cancelling_a_sharded_extraction_stops_its_shards(sharded) -> None:
+    dep, key = sharded, sharded.api_key
+    with dep.client() as client:
+        resp = upload_dataset(client, key, class_folder_zip("fashion", per_class=120, seed=2), name="fashion")
+        assert wait_for_job(client, resp.json()["job_id"], key)["status"] == "succeeded"
+        created = client.post("/v1/features", headers=auth(key), json={"dataset_id": resp.json()["id"]}).json()
+
+        def job(job_id: str) -> dict:
+            return client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()
+
+        shard_ids = _until(lambda: job(created["job_id"])["metrics"].get("shards"), 120, "the shards to be planned")
+        _until(lambda: any(job(i)["status"] == "running" for i in shard_ids), 300, "a shard to start")
+        cancel = client.post(f"/v1/jobs/{created['job_id']}/cancel", headers=auth(key))
+        assert cancel.status_code in (200, 202), cancel.text
+        assert wait_for_job(client, created["job_id"], key)["status"] == "cancelled"
+        # one worker of one process: the other shards were still queued, and none of them runs now
+        ended = [wait_for_job(client, i, key, timeout=300)["status"] for i in shard_ids]
+        assert set(ended) <= {"cancelled", "succeeded"} and ended.count("cancelled") >= len(shard_ids) - 1
+        feature_set = client.get(f"/v1/features/{created['id']}", headers=auth(key)).json()
+        assert feature_set["status"] == "cancelled"

@@ -58,6 +58,9 @@ def _batches(items: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str
         yield items[i : i + size]
 
 
+SHARD_CHECK_S = 1.0  # how often a shard looks whether its extraction is still wanted
+
+
 def _building(status: str) -> bool:
     return status in (ResourceStatus.QUEUED, ResourceStatus.RUNNING)
 
@@ -93,6 +96,7 @@ def extract_features(
     indices = chunk_range if chunk_range is not None else range(len(chunks))
     first = indices.start if len(indices) else 0
     mine = sum(len(chunks[i]) for i in indices)
+    last_check = time.monotonic()
 
     def decode(batch: list[tuple[str, str]]) -> np.ndarray:
         return stack_batch([load_rgb(storage.get_bytes(ckey), spec.preprocessing) for _, ckey in batch])
@@ -101,8 +105,6 @@ def extract_features(
         for index in indices:
             chunk = chunks[index]
             key = chunk_key(prefix, index)
-            if not publish:
-                _check_still_building(fs_id)
             hashes = [h for h, _ in chunk]
             if _chunk_ok(storage, key, hashes):
                 continue
@@ -115,6 +117,9 @@ def extract_features(
                     pending = pool.submit(decode, batches[b + 1])  # decode the next batch during the forward
                 if ctx is not None:
                     ctx.check_cancelled()
+                if not publish and time.monotonic() - last_check >= SHARD_CHECK_S:
+                    _check_still_building(fs_id)  # a shard stops within a batch when its extraction ended
+                    last_check = time.monotonic()
                 feats.append(engine.features(pixels).astype(np.float32, copy=False))
                 forwarded += len(pixels)
                 if ctx is not None:
