@@ -51,7 +51,7 @@ lint: install
 	$(BIN)/ruff check .
 
 bench: install sample-data
-	for b in ingest extract head_fit predict load finetune quality; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
+	for b in ingest extract shards head_fit predict load finetune quality; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache
