@@ -51,7 +51,17 @@ lint: install
 	$(BIN)/ruff check .
 
 bench: install sample-data
-	for b in ingest extract shards head_fit predict load finetune quality; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
+	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_first_model.py
+	$(BIN)/python benchmarks/bench_extract.py --memory
+	$(BIN)/python benchmarks/bench_shards.py
+	$(BIN)/python benchmarks/bench_head_fit.py
+	$(BIN)/python benchmarks/bench_predict.py
+	$(BIN)/python benchmarks/bench_load.py
+	$(BIN)/python benchmarks/bench_search.py
+	$(BIN)/python benchmarks/bench_finetune.py
+	$(BIN)/python benchmarks/bench_quality.py
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,7 +7,7 @@ Data (``--data``), 10,000 train + 2,000 test samples x 1,280 float32 features, 1
   activations (the service's features, which need torch to compute, have the same shape);
 * ``synthetic``: ``make_classification`` (64 informative + 64 redundant dims, 10 classes).
 
-Usage: ``.venv/bin/python benchmarks/bench_head_fit.py [--data fashion|synthetic] [--skip-grid] [--save]``
+Usage: ``.venv/bin/python benchmarks/bench_head_fit.py [--data fashion|synthetic] [--skip-grid]``
 """
 
 from __future__ import annotations
@@ -93,17 +93,21 @@ def time_fit_head(data: Data, seed: int) -> dict[str, Any]:
 
 
 def time_grid_search(data: Data, blas_threads: int | None) -> dict[str, Any]:
-    """The obvious way: GridSearchCV over Pipeline(StandardScaler, LogisticRegression), defaults.
+    """The obvious way: GridSearchCV over Pipeline(StandardScaler, LogisticRegression), defaults, with the
+    same parallelism as the service's search (``HeadConfig.n_jobs`` candidate fits at once).
 
-    Run on one BLAS thread by default, like ``fit_head``: on this machine that is the faster
+    Run on one BLAS thread per fit by default, like ``fit_head``: on this machine that is the faster
     setting for lbfgs, and two threads collapse when another process is busy.
     """
+    from classifiers.heads import HeadConfig
+
     X, y, X_test, y_test = data
     load, cpu = os.getloadavg()[0], time.process_time()
     grid = GridSearchCV(
         Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression())]),
         {"clf__C": GRID_CS},
         cv=5,
+        n_jobs=HeadConfig().n_jobs,
     )
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=blas_threads):
@@ -114,6 +118,7 @@ def time_grid_search(data: Data, blas_threads: int | None) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "cpu_seconds": round(time.process_time() - cpu, 2),
         "blas_threads": blas_threads or "default",
+        "n_jobs": grid.n_jobs,
         "C": grid.best_params_["clf__C"],
         "test_accuracy": round(float(np.mean(grid.predict(X_test) == y_test)), 4),
         "convergence_warnings": sum(issubclass(w.category, ConvergenceWarning) for w in caught),
@@ -134,7 +139,6 @@ def main() -> None:
     parser.add_argument(
         "--baseline-threads", type=int, default=1, help="BLAS threads for GridSearchCV (0: the library default)"
     )
-    parser.add_argument("--save", action="store_true", help="write benchmarks/results/head_fit.json")
     args = parser.parse_args()
 
     info = {**machine(), "load_average": os.getloadavg()}
@@ -159,8 +163,7 @@ def main() -> None:
             f"({100 * (ours['test_accuracy'] - grid['test_accuracy']):+.2f} pt); "
             f"load average now {os.getloadavg()[0]:.2f}"
         )
-    if args.save:
-        write_result("head_fit", results)
+    write_result("head_fit", results)
 
 
 if __name__ == "__main__":

@@ -3,24 +3,32 @@
 * linear probe (efficientnet_lite0 features, CV-chosen C) vs a plain scikit-learn LogisticRegression on the
   same features and split, vs logistic regression on raw pixels — on scikit-learn's digits and a stratified
   Fashion-MNIST subset (25 % test split);
-* fine-tuning on a Fashion-MNIST subset: head only (cached path) and last stage unfrozen with augmentation
-  (augmented path), next to the linear probe on the same subset.
+* LP-FT on a Fashion-MNIST subset (digits when it is absent), averaged over seeds (each its own stratified
+  split and training seed): the linear probe vs fine-tuning with the defaults — head only (starts from the
+  probe), last stage + flips and crops (starts from the probe) — vs head only from a random head, held-out
+  (test split) accuracy, each fine-tune's own probe accuracy on the same test split, the best epoch
+  (0: the probe was kept) and seconds per run.
 
-    .venv/bin/python benchmarks/bench_quality.py [--fashion-per-class 300] [--finetune-per-class 100]
+    .venv/bin/python benchmarks/bench_quality.py [--fashion-per-class 300] [--lpft-per-class 40] [--seeds 2]
+    .venv/bin/python benchmarks/bench_quality.py --lpft-only   # the LP-FT comparison alone (~10 min on 2 cores)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
-from common import ingest_sample, isolated_env, write_result
+from common import RESULTS, ingest_sample, isolated_env, write_result
 
 
-def make_dataset(source: str, per_class: int) -> tuple[str, str]:
+def make_dataset(
+    source: str, per_class: int, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.25
+) -> tuple[str, str]:
     """(tenant id, dataset id) of a ready dataset ingested through the ingestion job."""
-    tenant_id, dataset_id, _ = ingest_sample(source, per_class, {"val_fraction": 0.1, "test_fraction": 0.25, "seed": 0})
+    params = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    tenant_id, dataset_id, _ = ingest_sample(source, per_class, params)
     return tenant_id, dataset_id
 
 
@@ -39,7 +47,7 @@ def run_model(tenant_id: str, dataset_id: str, **request) -> dict:
             request["backbone"],
             head=request.get("head") or {},
             finetune=request.get("finetune") or {},
-            seed=0,
+            seed=int(request.get("seed", 0)),
             allow_random_weights=False,
             tenant_id=tenant_id,
         )
@@ -67,6 +75,10 @@ def run_model(tenant_id: str, dataset_id: str, **request) -> dict:
             "train_accuracy": round(m.metrics["train_accuracy"], 4),
             "seconds": round(time.perf_counter() - start, 1),
             **({"best_epoch": out["best_epoch"], "data_path": out["data_path"]} if "best_epoch" in out else {}),
+            **({"probe_accuracy": round(m.metrics["probe_accuracy"], 4)} if "probe_accuracy" in m.metrics else {}),
+            **({"epoch0_val_acc": out["initial"].get("val_acc")} if out.get("initial") else {}),
+            **({"refit_on_val": out["refit_on_val"]} if "refit_on_val" in out else {}),
+            **({"seconds_per_epoch": out["seconds_per_epoch"]} if "seconds_per_epoch" in out else {}),
         }
 
 
@@ -118,46 +130,70 @@ def probe_report(source: str, per_class: int) -> dict:
     return {"images": per_class * 10, "linear_probe": probe, **baselines(tenant_id, dataset_id)}
 
 
+# The LP-FT comparison: every fine-tune keeps the service's defaults (probe start, lr 1e-3 with warm-up +
+# cosine, discriminative rates, BatchNorm in eval mode) but for what the row names.
+LPFT_ROWS: dict[str, dict | None] = {
+    "linear_probe": None,
+    "finetune_head_lpft": {"epochs": 5, "unfreeze": "head"},
+    "finetune_last1_augmented_lpft": {"epochs": 3, "unfreeze": "last:1", "augment": ["hflip", "crop"]},
+    "finetune_head_random_init": {"epochs": 5, "unfreeze": "head", "head_init": "random"},
+}
+
+
+def lpft_report(source: str, per_class: int, seeds: int) -> dict:
+    """Each row's test accuracy per seed and its mean ± sd; fine-tunes also carry their own probe's."""
+    runs: dict[str, list[dict]] = {name: [] for name in LPFT_ROWS}
+    for seed in range(seeds):
+        tenant_id, dataset_id = make_dataset(source, per_class, seed=seed, val_fraction=0.15, test_fraction=0.3)
+        for name, finetune in LPFT_ROWS.items():
+            strategy = "linear_probe" if finetune is None else "finetune"
+            runs[name].append(
+                run_model(
+                    tenant_id,
+                    dataset_id,
+                    backbone="efficientnet_lite0",
+                    strategy=strategy,
+                    head={} if finetune is None else None,
+                    finetune=None if finetune is None else {**finetune, "seed": seed},
+                    seed=seed,
+                )
+            )
+            print(name, seed, runs[name][-1], flush=True)
+    table = {}
+    for name, rows in runs.items():
+        acc = np.array([r["test_accuracy"] for r in rows])
+        table[name] = {
+            "settings": LPFT_ROWS[name] or {"head": "logistic, C by cross-validation"},
+            "test_accuracy_mean": round(float(acc.mean()), 4),
+            "test_accuracy_sd": round(float(acc.std(ddof=1)) if len(acc) > 1 else 0.0, 4),
+            "runs": rows,
+        }
+    return {"source": source, "images": per_class * 10, "split": "55/15/30 stratified", "seeds": seeds, **table}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fashion-per-class", type=int, default=300)
-    parser.add_argument("--finetune-per-class", type=int, default=100)
-    parser.add_argument("--finetune-epochs", type=int, default=4)
+    parser.add_argument("--lpft-per-class", type=int, default=40)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--lpft-only", action="store_true", help="only the LP-FT comparison")
     args = parser.parse_args()
     isolated_env()
     from core.sample_data import digits, fashion_available
 
-    result = {"digits": probe_report("digits", min(174, int(np.bincount(digits()[1]).min())))}
-    if fashion_available():
-        result["fashion_mnist"] = probe_report("fashion", args.fashion_per_class)
-        tenant_id, dataset_id = make_dataset("fashion", args.finetune_per_class)
-        ft = {"images": args.finetune_per_class * 10}
-        ft["linear_probe"] = run_model(
-            tenant_id, dataset_id, backbone="efficientnet_lite0", strategy="linear_probe", head={}, finetune=None
-        )
-        ft["finetune_head_only"] = run_model(
-            tenant_id,
-            dataset_id,
-            backbone="efficientnet_lite0",
-            strategy="finetune",
-            head=None,
-            finetune={"epochs": 30, "unfreeze": "head", "lr": 3e-3, "early_stopping_patience": 5},
-        )
-        ft["finetune_last1_augmented"] = run_model(
-            tenant_id,
-            dataset_id,
-            backbone="efficientnet_lite0",
-            strategy="finetune",
-            head=None,
-            finetune={
-                "epochs": args.finetune_epochs,
-                "unfreeze": "last:1",
-                "augment": ["hflip", "crop"],
-                "lr": 1e-3,
-                "early_stopping_patience": 0,
-            },
-        )
-        result["fashion_mnist_finetune"] = ft
+    result: dict = {}
+    if not args.lpft_only:
+        result["digits"] = probe_report("digits", min(174, int(np.bincount(digits()[1]).min())))
+        if fashion_available():
+            result["fashion_mnist"] = probe_report("fashion", args.fashion_per_class)
+    source = "fashion" if fashion_available() else "digits"
+    section = "lpft" if args.lpft_per_class == 40 else f"lpft_{args.lpft_per_class * 10}"
+    result[section] = lpft_report(source, args.lpft_per_class, args.seeds)
+    if args.lpft_only:  # keep the other sections of the last full run
+        previous = RESULTS / "quality.json"
+        if previous.exists():
+            kept = {k: v for k, v in json.loads(previous.read_text()).items() if k not in ("machine", section)}
+            result = {**kept, **result}
     write_result("quality", result)
 
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.db import get_owned
 from core.errors import Conflict, InvalidInput, NotFound
-from core.keys import dataset_prefix
+from core.jobs import request_cancel
+from core.keys import dataset_prefix, upload_prefix
 from core.pagination import DEFAULT_LIMIT, Page, keyset_page
-from core.status import ACTIVE_JOB, VersionStatus
+from core.status import ACTIVE_JOB, JobKind, ResourceStatus, VersionStatus
 from core.tables import Dataset, DatasetVersion, FeatureSet, Image, Job
+
+ACTIVE_RESOURCE = (ResourceStatus.QUEUED, ResourceStatus.RUNNING)
 
 
 def check_split_params(val_fraction: float, test_fraction: float) -> None:
@@ -56,7 +60,13 @@ def new_version(session: Session, dataset: Dataset) -> DatasetVersion:
     number = (latest.version if latest else 0) + 1
     version = DatasetVersion(dataset_id=dataset.id, version=number, status=VersionStatus.PROCESSING, params=params)
     session.add(version)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # a concurrent request made this version number first: this one is told so
+        session.rollback()
+        raise Conflict(
+            f"another version of dataset {dataset.id} is being made at this moment; retry when it is ready"
+        ) from None
     return version
 
 
@@ -65,17 +75,46 @@ def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
 
 
 def delete_dataset(session: Session, tenant_id: str, dataset_id: str) -> list[str]:
-    """Delete a dataset, its versions and images, and the features derived from it; cancel its running
-    jobs. Returns the storage prefixes to remove once the transaction has committed."""
+    """Delete a dataset, its versions and images, and its feature sets (keeping stored features another
+    dataset uses); cancel its running jobs and the extractions nothing else waits on. Returns the storage
+    prefixes to remove once the transaction has committed (with the uploads its ingestions left)."""
     dataset = get_dataset(session, tenant_id, dataset_id)
-    prefixes = [dataset_prefix(tenant_id, dataset_id)]
-    for fs in session.scalars(select(FeatureSet).where(FeatureSet.dataset_id == dataset_id)):
-        prefixes.append(fs.storage_prefix)
-        session.delete(fs)
-    running = select(Job).where(Job.resource_id == dataset_id, Job.status.in_(ACTIVE_JOB))
-    for job in session.scalars(running):
-        job.cancel_requested = True
+    prefixes = [dataset_prefix(tenant_id, dataset_id), *_release_feature_sets(session, tenant_id, dataset_id)]
+    for job in session.scalars(select(Job).where(Job.resource_id == dataset_id)):
+        if job.status in ACTIVE_JOB:
+            job.cancel_requested = True
+        if job.kind == JobKind.INGEST:  # a failed or cancelled ingestion's upload (up to 512 MB) goes too
+            prefixes.append(upload_prefix(tenant_id, job.id))
     session.delete(dataset)
+    return prefixes
+
+
+def _release_feature_sets(session: Session, tenant_id: str, dataset_id: str) -> list[str]:
+    """Delete a dataset's feature sets. Stored chunks that another dataset's row still uses are kept; an
+    extraction job another row waits on is handed to that row, any other is cancelled. Returns the
+    storage prefixes no row uses any more (to remove once the transaction has committed)."""
+    prefixes: list[str] = []
+    rows = list(session.scalars(select(FeatureSet).where(FeatureSet.dataset_id == dataset_id)))
+    for fs in rows:
+        others = list(
+            session.scalars(
+                select(FeatureSet).where(
+                    FeatureSet.tenant_id == tenant_id,
+                    FeatureSet.cache_key == fs.cache_key,
+                    FeatureSet.dataset_id != dataset_id,
+                )
+            )
+        )
+        if not others and fs.storage_prefix not in prefixes:
+            prefixes.append(fs.storage_prefix)
+        job = session.get(Job, fs.job_id) if fs.job_id else None
+        if job is not None and job.status in ACTIVE_JOB and job.resource_id == fs.id:
+            heir = next((o for o in others if o.job_id == job.id and o.status in ACTIVE_RESOURCE), None)
+            if heir is not None:
+                job.resource_id, job.params = heir.id, {**job.params, "feature_set_id": heir.id}
+            else:
+                request_cancel(session, tenant_id, job.id)
+        session.delete(fs)
     return prefixes
 
 

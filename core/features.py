@@ -64,6 +64,30 @@ class Planned:
     cached: bool
 
 
+_LIVE = (ResourceStatus.READY, ResourceStatus.QUEUED, ResourceStatus.RUNNING)
+_BUILDING = (ResourceStatus.QUEUED, ResourceStatus.RUNNING)
+
+
+def _own_row(session: Session, tenant_id: str, version_id: str, key: str) -> FeatureSet | None:
+    stmt = select(FeatureSet).where(
+        FeatureSet.tenant_id == tenant_id, FeatureSet.version_id == version_id, FeatureSet.cache_key == key
+    )
+    return session.scalar(stmt)
+
+
+def _live_sibling(session: Session, tenant_id: str, key: str, exclude_id: str) -> FeatureSet | None:
+    """Another version's row with the same features, ready ones first: its chunks are this row's too."""
+    stmt = select(FeatureSet).where(
+        FeatureSet.tenant_id == tenant_id,
+        FeatureSet.cache_key == key,
+        FeatureSet.id != exclude_id,
+        FeatureSet.status.in_(_LIVE),
+    )
+    rows = list(session.scalars(stmt))
+    rows.sort(key=lambda r: r.status != ResourceStatus.READY)
+    return rows[0] if rows else None
+
+
 def plan_extraction(
     session: Session,
     tenant_id: str,
@@ -73,15 +97,14 @@ def plan_extraction(
     version: int | None = None,
     queue: str = "cpu",
 ) -> Planned:
-    """Find the feature set in the cache or create it with an extraction job (the caller submits it).
-
-    A feature set that failed or was cancelled is planned again with a new job."""
+    """This dataset version's own feature set: found, made ready from another version's stored chunks of
+    the same images (no forward pass), joined to the job already extracting them, or created with an
+    extraction job (the caller submits it). A feature set that failed or was cancelled is planned again."""
     dv = ds.ready_version(session, tenant_id, dataset_id, version)
     hashes = list(session.scalars(select(Image.sha256).where(Image.version_id == dv.id)))
     key = cache_key(hashes, extractor)
-    found = session.scalar(select(FeatureSet).where(FeatureSet.tenant_id == tenant_id, FeatureSet.cache_key == key))
-    live = (ResourceStatus.READY, ResourceStatus.QUEUED, ResourceStatus.RUNNING)
-    if found is not None and found.status in live:
+    found = _own_row(session, tenant_id, dv.id, key)
+    if found is not None and found.status in _LIVE:
         return Planned(found, None, cached=found.status == ResourceStatus.READY)
     if found is None:
         found = FeatureSet(
@@ -95,15 +118,19 @@ def plan_extraction(
             storage_prefix=features_prefix(tenant_id, key),
             feature_dim=extractor.feature_dim,
             num_images=len(hashes),
+            stats={},
         )
         try:
             with session.begin_nested():
                 session.add(found)
         except IntegrityError:  # a concurrent request created it first
-            found = session.scalar(
-                select(FeatureSet).where(FeatureSet.tenant_id == tenant_id, FeatureSet.cache_key == key)
-            )
+            found = _own_row(session, tenant_id, dv.id, key)
             return Planned(found, None, cached=found.status == ResourceStatus.READY)
+    sibling = _live_sibling(session, tenant_id, key, found.id)
+    if sibling is not None:  # the vectors exist, or are being made, for another version: share them
+        found.status, found.job_id = sibling.status, sibling.job_id
+        found.stats = {**(sibling.stats or {}), "shared_from": sibling.id}
+        return Planned(found, None, cached=found.status == ResourceStatus.READY)
     job = create_job(
         session,
         tenant_id=tenant_id,
@@ -115,6 +142,29 @@ def plan_extraction(
     )
     found.status, found.job_id = ResourceStatus.QUEUED, job.id
     return Planned(found, job, cached=False)
+
+
+def mark_running(session: Session, fs: FeatureSet) -> None:
+    """The job extracting ``fs`` has started: so has every row waiting on the same job."""
+    fs.status = ResourceStatus.RUNNING
+    if fs.job_id is not None:
+        for row in session.scalars(
+            select(FeatureSet).where(FeatureSet.job_id == fs.job_id, FeatureSet.status == ResourceStatus.QUEUED)
+        ):
+            row.status = ResourceStatus.RUNNING
+
+
+def mark_ready(session: Session, tenant_id: str, key: str, stats: dict, num_images: int) -> int:
+    """Every chunk of ``key`` is stored: every row of these features still waiting is ready (whichever
+    version asked, even when the row that started the job has been deleted since). Returns how many rows
+    use these features; none means every dataset that asked was deleted meanwhile."""
+    rows = list(
+        session.scalars(select(FeatureSet).where(FeatureSet.tenant_id == tenant_id, FeatureSet.cache_key == key))
+    )
+    for row in rows:
+        if row.status in _BUILDING:
+            row.status, row.stats, row.num_images = ResourceStatus.READY, stats, num_images
+    return len(rows)
 
 
 def get_feature_set(session: Session, tenant_id: str, feature_set_id: str) -> FeatureSet:
@@ -165,7 +215,8 @@ def split_arrays(data: dict[str, np.ndarray], split: str) -> tuple[np.ndarray, n
 
 
 def download_npz(session: Session, tenant_id: str, feature_set_id: str) -> bytes:
-    """``features``, ``labels``, ``image_ids`` (and ``splits``, ``sha256``) as an npz without pickles."""
+    """``features``, ``labels``, ``image_ids`` (and ``splits``, ``sha256``) as an npz without pickles; the
+    labels and splits are those of the feature set's own dataset version."""
     fs = get_feature_set(session, tenant_id, feature_set_id)
     if fs.status != ResourceStatus.READY:
         raise Conflict(f"feature set {feature_set_id!r} is {fs.status}; download it when its job has succeeded")

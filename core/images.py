@@ -5,6 +5,7 @@ storage beside the dataset's blobs, so they go when the dataset goes and are sha
 
 from __future__ import annotations
 
+import hashlib
 import io
 from typing import Literal
 
@@ -18,6 +19,23 @@ from core.keys import thumbnail_key
 from core.pagination import Page, keyset_page
 from core.storage import get_storage
 from core.tables import DatasetVersion, Image
+
+# The one list of image formats the service reads (Pillow's names), judged by content: ingestion and every
+# synchronous path (predict, embed, classify) open files with exactly these, never every format Pillow knows.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+FILENAME_MAX = 500  # the images.filename column
+
+
+def stored_filename(name: str, limit: int = FILENAME_MAX) -> str:
+    """A file name that fits the column: unchanged when it fits, else its start, a digest of the whole name
+    (so two long names that share a start stay apart) and its extension."""
+    if len(name) <= limit:
+        return name
+    dot = name.rfind(".")
+    ext = name[dot:] if dot > name.rfind("/") and len(name) - dot <= 16 else ""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{name[: limit - len(ext) - len(digest) - 1]}~{digest}{ext}"
+
 
 THUMBNAIL_SIZES = (64, 128, 256)
 DEFAULT_THUMBNAIL_SIZE = 128

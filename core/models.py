@@ -6,6 +6,8 @@ only records them."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from sqlalchemy import select
@@ -82,6 +84,23 @@ def ready_model(session: Session, tenant_id: str, model_id: str) -> Model:
     if model.status != ResourceStatus.READY:
         raise Conflict(f"model {model_id!r} is {model.status}; predict once its training job has succeeded")
     return model
+
+
+def serving_stamp(session: Session, tenant_id: str, model_id: str) -> str:
+    """What a served predictor must still match: a digest of the ready row's artifact (storage prefix,
+    backbone, strategy, lineage). ``NotFound`` when the row is gone, ``Conflict`` when it is not ready.
+    Reads only those columns, never the metrics, so a server can ask every second."""
+    row = session.execute(
+        select(Model.status, Model.storage_prefix, Model.backbone, Model.strategy, Model.lineage).where(
+            Model.id == model_id, Model.tenant_id == tenant_id
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"model {model_id!r} not found")
+    if row.status != ResourceStatus.READY:
+        raise Conflict(f"model {model_id!r} is {row.status}; predict once its training job has succeeded")
+    payload = [row.storage_prefix, row.backbone, row.strategy, row.lineage]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def list_models(session: Session, tenant_id: str, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[Model]:

@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     job_soft_time_limit_s: int = Field(5 * 3600, ge=10)
     job_time_limit_s: int = Field(5 * 3600 + 300, ge=20)
     visibility_timeout_s: int = 6 * 3600
+    # Soft time limit per job kind (seconds), each at most job_soft_time_limit_s (which kinds not named
+    # here get): a linear probe or an ingestion that runs for hours is stuck, a fine-tune may not be.
+    job_kind_soft_time_limit_s: dict[str, int] = Field(
+        default_factory=lambda: {
+            "ingest": 3600,
+            "extract": 3 * 3600,
+            "fit": 3600,
+            "compare": 3 * 3600,
+            "predict_batch": 3600,
+        }
+    )
     broker_restore_interval_s: int = 10  # how often a worker looks for messages of dead workers
     publish_timeout_s: float = Field(3.0, gt=0)  # an API request gives up sending to a down broker after this
     job_event_poll_s: float = 0.25
@@ -79,6 +90,9 @@ class Settings(BaseSettings):
     batch_size: int = 32
     device: str = "auto"  # auto | cpu | cuda | mps
     model_cache_size: int = 4
+    # A served model is re-checked against its row (deleted? replaced?) when last confirmed longer ago than
+    # this: how soon a model deleted through one API process stops serving in the others.
+    serving_revalidate_s: float = Field(1.0, ge=0)
     batch_max_size: int = 32  # predict micro-batching: most images in one merged forward pass
     batch_window_s: float = 0.0  # > 0: an idle model waits this long for more requests before running
     inference_threads: int = 1  # threads running forward passes in the API process
@@ -123,7 +137,18 @@ class Settings(BaseSettings):
                 "job_soft_time_limit_s < job_time_limit_s < visibility_timeout_s must hold "
                 f"(got {self.job_soft_time_limit_s}, {self.job_time_limit_s}, {self.visibility_timeout_s})"
             )
+        bad = {k: v for k, v in self.job_kind_soft_time_limit_s.items() if v < 10}
+        if bad:
+            raise ValueError(f"job_kind_soft_time_limit_s must be at least 10 s for each kind (got {bad})")
         return self
+
+    def soft_time_limit_s(self, kind: str) -> int:
+        """A job kind's soft time limit: its own when set, never above the global one."""
+        return min(self.job_kind_soft_time_limit_s.get(kind, self.job_soft_time_limit_s), self.job_soft_time_limit_s)
+
+    def hard_time_limit_s(self, kind: str) -> int:
+        """The kill after the soft limit, as far after it as the global limits are apart."""
+        return self.soft_time_limit_s(kind) + (self.job_time_limit_s - self.job_soft_time_limit_s)
 
     @property
     def resolved_database_url(self) -> str:

@@ -129,12 +129,17 @@ class Job(Base):
 
 
 class FeatureSet(Base):
-    """Pooled backbone features of every image of a dataset version, stored in chunks. ``cache_key`` is a
+    """Pooled backbone features of every image of one dataset version, stored in chunks. ``cache_key`` is a
     digest of (image hashes, backbone, weights digest, preprocessing, layer, engine): equal keys mean equal
-    features, so a second request is served from storage with no forward pass."""
+    features, so rows with the same key share their stored chunks (``storage_prefix``) and a second
+    request is served from storage with no forward pass. The row itself belongs to one version: its
+    labels and splits, and its lifetime, are that version's."""
 
     __tablename__ = "feature_sets"
-    __table_args__ = (UniqueConstraint("tenant_id", "cache_key"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "version_id", "cache_key", name="uq_feature_sets_version_key"),
+        Index("ix_feature_sets_tenant_key", "tenant_id", "cache_key"),
+    )
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("fs"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     cache_key: Mapped[str] = mapped_column(String(64))

@@ -13,11 +13,18 @@ from core.settings import get_settings
 from service.batching import MicroBatcher
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
-from service.routes import aliases, backbones, datasets, features, health, images, jobs, models, ui, usage
+from service.routes import aliases, backbones, datasets, features, health, images, jobs, models, similarity, ui, usage
 from service.streams import StreamSlots
 
 REQUESTS = Counter("tlserve_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("tlserve_http_request_seconds", "HTTP request latency", ["method", "route"])
+# Label values must come from a fixed set: any token is a valid HTTP method, and each new label value is a
+# new time series, so a caller could grow /metrics without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
 
 
 @asynccontextmanager
@@ -49,7 +56,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="tlserve", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.state.streams = StreamSlots()
-    for module in (health, datasets, images, jobs, backbones, features, models, aliases, usage, ui):
+    for module in (health, datasets, images, jobs, backbones, features, similarity, models, aliases, usage, ui):
         app.include_router(module.router)
     app.include_router(models.compare_router)
 
@@ -59,8 +66,9 @@ def create_app() -> FastAPI:
         response: Response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
-        REQUESTS.labels(request.method, path, response.status_code).inc()
-        LATENCY.labels(request.method, path).observe(time.perf_counter() - start)
+        method = method_label(request.method)
+        REQUESTS.labels(method, path, response.status_code).inc()
+        LATENCY.labels(method, path).observe(time.perf_counter() - start)
         return response
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)

@@ -3,14 +3,20 @@ field and FastAPI checks each response against it. Serialisation of rows lives h
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.tables import Alias, Dataset, DatasetVersion, FeatureSet, Image, Job, Model
 
 Queue = Literal["cpu", "gpu"]
+VersionNumber = Annotated[int, Field(ge=1, le=2**31 - 1, description="dataset version; default: the latest ready one")]
+GridC = Annotated[float, Field(gt=0, le=1e6)]
+# Above this many classes a model's confusion matrix and per-class table stay out of list responses.
+LIST_DETAIL_MAX_CLASSES = 100
+_UNFREEZE = re.compile(r"^\s*(?i:head|all|gradual|last:[0-9]{1,3})\s*$")
 
 
 class Strict(BaseModel):
@@ -28,14 +34,23 @@ class HeadBody(Strict):
     class_weight: Literal["balanced"] | None = None
     standardize: bool | None = None
     pca_whiten: bool | None = None
-    pca_components: int | float | None = Field(None, gt=0, le=8192)
+    pca_components: int | float | None = Field(
+        None, gt=0, le=8192, description="a count (1 to 8192) or a fraction of the variance to keep (0 to 1)"
+    )
     max_iter: int | None = Field(None, ge=1, le=100_000)
     tol: float | None = Field(None, gt=0, le=1.0)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     cv_folds: int | None = Field(None, ge=2, le=20)
-    C_grid: list[float] | None = Field(None, min_length=1, max_length=50)
+    C_grid: list[GridC] | None = Field(None, min_length=1, max_length=50, description="each value in (0, 1e6]")
     search: Literal["auto", "cv", "holdout"] | None = None
     n_jobs: int | None = Field(None, ge=1, le=64)
+
+    @field_validator("pca_components")
+    @classmethod
+    def _count_or_fraction(cls, value: int | float | None) -> int | float | None:
+        if isinstance(value, float) and not value.is_integer() and value >= 1:
+            raise ValueError("pca_components must be a whole count (1 to 8192) or a fraction below 1")
+        return int(value) if isinstance(value, float) and value >= 1 else value
 
     def fields(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True, exclude_none=True)
@@ -45,23 +60,52 @@ class FinetuneBody(Strict):
     """Fine-tuning hyperparameters (``finetune``); omitted fields keep the defaults of DESIGN.md."""
 
     epochs: int | None = Field(None, ge=1, le=1000)
-    unfreeze: str | None = Field(None, pattern=r"^\s*(?i:head|all|gradual|last:[0-9]+)\s*$", max_length=16)
+    unfreeze: str | None = Field(
+        None,
+        max_length=16,
+        json_schema_extra={"pattern": _UNFREEZE.pattern},
+        description="head, all, gradual or last:N (N from 0 to 999 stages)",
+    )
     gradual_every: int | None = Field(None, ge=1, le=1000)
     optimizer: str | None = Field(None, max_length=16)
-    lr: float | None = Field(None, gt=0, le=10)
+    lr: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] | None = Field(
+        None,
+        description='the head\'s learning rate (lower stages get discriminative fractions of it), or "auto": a '
+        "learning-rate range test (~100 steps) picks it with fastai's valley rule; default 1e-3",
+    )
     momentum: float | None = Field(None, ge=0, lt=1)
     weight_decay: float | None = Field(None, ge=0, le=1)
     dropout: float | None = Field(None, ge=0, lt=1)
     batch_size: int | None = Field(None, ge=1, le=4096)
     early_stopping_patience: int | None = Field(None, ge=0, le=1000)
-    augment: list[str] | None = Field(None, max_length=16)
+    augment: list[Annotated[str, Field(max_length=16)]] | None = Field(None, max_length=16)
     label_smoothing: float | None = Field(None, ge=0, lt=1)
     max_norm: float | None = Field(None, gt=0, le=1e6)
     schedule: str | None = Field(None, max_length=16)
+    warmup: float | None = Field(None, ge=0, lt=1, description="fraction of the steps of linear warm-up [0.1]")
+    head_init: Literal["probe", "random"] | None = Field(
+        None, description='"probe" [default]: the head starts as the linear probe of the train split (LP-FT)'
+    )
+    refit_probe: bool | None = Field(
+        None, description="when the probe (epoch 0) stays the best, refit it on train + val as a linear probe is [true]"
+    )
     init: str | None = Field(None, max_length=16)
-    discriminative_lr_decay: float | None = Field(None, gt=0, le=1)
+    discriminative_lr_decay: float | None = Field(
+        None, gt=0, le=1, description="rate factor per stage below the head; default: the bottom stage gets lr/100"
+    )
+    bn_eval: bool | None = Field(None, description="BatchNorm in eval mode while training; default: unless 'all'")
+    monitor: Literal["val_loss", "val_acc"] | None = Field(
+        None, description="picks the best epoch (the probe's epoch 0 included) and drives early stopping"
+    )
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     data_path: str | None = Field(None, max_length=16)
+
+    @field_validator("unfreeze")
+    @classmethod
+    def _unfreeze_choice(cls, value: str | None) -> str | None:
+        if value is not None and not _UNFREEZE.match(value):
+            raise ValueError("unfreeze must be head, all, gradual or last:N with N from 0 to 999")
+        return value
 
     def fields(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True, exclude_none=True)
@@ -70,7 +114,7 @@ class FinetuneBody(Strict):
 class FeaturesRequest(Strict):
     dataset_id: str = Field(max_length=64)
     backbone: str = Field("efficientnet_lite0", max_length=128)
-    version: int | None = Field(default=None, ge=1, description="dataset version; default: the latest ready one")
+    version: VersionNumber | None = None
     allow_random_weights: bool = False
     queue: Queue = "cpu"
 
@@ -81,7 +125,7 @@ class ModelRequest(Strict):
     strategy: Literal["linear_probe", "finetune"] = "linear_probe"
     head: HeadBody = Field(default_factory=HeadBody)
     finetune: FinetuneBody = Field(default_factory=FinetuneBody)
-    version: int | None = Field(default=None, ge=1)
+    version: VersionNumber | None = None
     allow_random_weights: bool = False
     queue: Queue = "cpu"
     seed: int = Field(0, ge=0, le=2**32 - 1)
@@ -89,9 +133,9 @@ class ModelRequest(Strict):
 
 class CompareRequest(Strict):
     dataset_id: str = Field(max_length=64)
-    backbones: list[str] = Field(min_length=1, max_length=12)
+    backbones: list[Annotated[str, Field(max_length=128)]] = Field(min_length=1, max_length=12)
     head: HeadBody = Field(default_factory=HeadBody)
-    version: int | None = Field(default=None, ge=1)
+    version: VersionNumber | None = None
     allow_random_weights: bool = False
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
@@ -269,6 +313,22 @@ class ModelOut(BaseModel):
     lineage: dict[str, Any]
     metrics: dict[str, Any]
     created_at: datetime
+    omitted: list[str] | None = Field(
+        None,
+        description=f"in a list, for a model of over {LIST_DETAIL_MAX_CLASSES} classes: the metrics left out "
+        "(the confusion matrix, the per-class table); GET /v1/models/{id} has them",
+    )
+
+    @classmethod
+    def summary(cls, model: Model) -> ModelOut:
+        """A list entry: a model of many classes without its class-by-class tables (a 2,000-class confusion
+        matrix alone is megabytes)."""
+        out = cls.from_row(model)
+        big = [k for k in ("confusion_matrix", "per_class") if k in out.metrics]
+        if len(out.metrics.get("labels") or model.labels or []) > LIST_DETAIL_MAX_CLASSES and big:
+            out.metrics = {k: v for k, v in out.metrics.items() if k not in big}
+            out.omitted = big
+        return out
 
     @classmethod
     def from_row(cls, model: Model) -> ModelOut:
@@ -305,6 +365,42 @@ class FilePrediction(BaseModel):
 class PredictOut(BaseModel):
     model_id: str
     predictions: list[FilePrediction]
+
+
+class Neighbour(BaseModel):
+    image_id: str
+    file: str
+    label: str = Field(description="from the feature set's own dataset version")
+    split: str
+    distance: float = Field(description="cosine distance of the features: 0 same direction, 2 opposite")
+
+
+class SearchResult(BaseModel):
+    file: str | None = Field(None, description="the uploaded query file")
+    image_id: str | None = Field(None, description="the query image of the set (itself left out)")
+    neighbours: list[Neighbour] | None = None
+    error: str | None = None
+
+
+class SearchOut(BaseModel):
+    feature_set_id: str
+    k: int
+    results: list[SearchResult]
+
+
+class NearDuplicate(BaseModel):
+    test: Neighbour
+    train: Neighbour
+    distance: float
+
+
+class NearDuplicatesOut(BaseModel):
+    """Test images whose nearest training image is within ``threshold``: train/test leakage."""
+
+    feature_set_id: str
+    threshold: float
+    ratio: float
+    pairs: list[NearDuplicate]
 
 
 class ClassifyOut(BaseModel):

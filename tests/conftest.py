@@ -123,8 +123,10 @@ def reset_caches() -> None:
     dispose_engines()
     storage._storage_for.cache_clear()
     storage._remote_storage.cache_clear()
-    if "workers.runtime.serving" in sys.modules:  # loaded engines and predictors belong to the old data folder
+    # Loaded engines and predictors belong to the old data folder.
+    if "workers.runtime.engines" in sys.modules:
         sys.modules["workers.runtime.engines"].clear_engine_cache()
+    if "workers.runtime.serving" in sys.modules:
         sys.modules["workers.runtime.serving"].PREDICTORS.clear()
 
 

@@ -61,10 +61,26 @@ class Heartbeat:
         self._thread.join()
 
 
+INTERNAL_ERROR_MESSAGE = (
+    "the job stopped on an internal error; nothing you sent caused it. Retry it; if it fails again, "
+    "report job {job_id} (the service's log has the details)"
+)
+
+
 def _time_limit_error() -> type[BaseException]:
     from celery.exceptions import SoftTimeLimitExceeded
 
     return SoftTimeLimitExceeded
+
+
+def _cancel_requested(ctx: jobs.JobContext) -> bool:
+    try:
+        ctx.check_cancelled(force=True)
+    except JobCancelled:
+        return True
+    except Exception:  # released, or the database is down: the failure stands
+        return False
+    return False
 
 
 def run_job(job_id: str, body: JobBody, owner: str | None = None) -> None:
@@ -85,14 +101,23 @@ def run_job(job_id: str, body: JobBody, owner: str | None = None) -> None:
             log.info("job %s cancelled", job_id)
             jobs.cancelled(job_id, owner)
         except TLServeError as exc:
+            if _cancel_requested(ctx):  # e.g. its dataset was deleted under it: that is a cancel, not a fault
+                log.info("job %s cancelled (it stopped on: %s)", job_id, exc.message)
+                jobs.cancelled(job_id, owner)
+                return
             log.info("job %s failed: %s", job_id, exc.message)
             jobs.fail(job_id, exc.code, exc.message, owner)
         except _time_limit_error():
-            limit = get_settings().job_soft_time_limit_s
+            limit = get_settings().soft_time_limit_s(ctx.kind)
             jobs.fail(job_id, "time_limit", f"the job ran longer than its time limit ({limit} s)", owner)
-        except Exception as exc:  # a bug or an environment fault: recorded on the job, never lost
+        except Exception:  # a bug or an environment fault: recorded on the job, never lost
+            # The details (SQL, parameters, storage keys, the traceback) go to the log, never to the user.
+            if _cancel_requested(ctx):  # what it read was deleted with the cancel: not a fault
+                log.info("job %s cancelled (it stopped on:\n%s)", job_id, traceback.format_exc())
+                jobs.cancelled(job_id, owner)
+                return
             log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
-            jobs.fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}", owner)
+            jobs.fail(job_id, "internal_error", INTERNAL_ERROR_MESSAGE.format(job_id=job_id), owner)
         else:
             jobs.complete(job_id, metrics, owner)
             log.info("job %s succeeded", job_id)

@@ -37,7 +37,13 @@ def _task(kind: str) -> Any:
             raise self.retry(exc=exc, countdown=get_settings().reaper_interval_s, max_retries=None) from exc
 
     run.__name__ = run.__qualname__ = kind
-    return app.task(name=f"tlserve.{kind}", bind=True)(run)
+    settings = get_settings()
+    return app.task(
+        name=f"tlserve.{kind}",
+        bind=True,
+        soft_time_limit=settings.soft_time_limit_s(kind),
+        time_limit=settings.hard_time_limit_s(kind),
+    )(run)
 
 
 TASKS = {kind: _task(kind) for kind in BODIES}

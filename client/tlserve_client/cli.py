@@ -41,6 +41,23 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 FORMATS = click.Choice(["text", "json"])
 
 
+class _LearningRate(click.ParamType):
+    """A positive number or "auto"."""
+
+    name = "LR|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | str:
+        if isinstance(value, float) or str(value).strip().lower() == "auto":
+            return value if isinstance(value, float) else "auto"
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
+
+
+_LR = _LearningRate()
+
+
 # --- errors as one line --------------------------------------------------------------------------------------
 
 
@@ -366,6 +383,58 @@ def features_extract(
     _emit(fs, fmt)
 
 
+@features.command("search")
+@click.argument("feature_set_id")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--image-id", default=None, help="search with an image of the set instead of files")
+@click.option("-k", "k", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def features_search(feature_set_id: str, paths: tuple[Path, ...], image_id: str | None, k: int, fmt: str) -> None:
+    """The K nearest images of the feature set to each FILE (or to --image-id): file, label, split, distance."""
+    client = _client()
+    if image_id:
+        results = client.features.search(feature_set_id, image_id=image_id, k=k)
+    else:
+        if not paths:
+            raise click.UsageError("give image files, or --image-id of an image of the set")
+        results = client.features.search(feature_set_id, [str(f) for f, _ in image_files(paths)], k=k)
+    if fmt == "json":
+        click.echo(json.dumps({"results": results}, indent=2))
+        return
+    table = Table()
+    for col in ("query", "rank", "file", "label", "split", "distance"):
+        table.add_column(col)
+    for r in results:
+        query = r.get("file") or r.get("image_id") or ""
+        if "error" in r:
+            table.add_row(query, "", "[red]error[/red]", str(r["error"]), "", "")
+        for rank, n in enumerate(r.get("neighbours") or [], 1):
+            table.add_row(
+                query if rank == 1 else "", str(rank), n["file"], n["label"], n["split"], f"{n['distance']:.4f}"
+            )
+    _console(err=False).print(table)
+
+
+@features.command("leaks")
+@click.argument("feature_set_id")
+@click.option("--threshold", type=float, default=None, help="cosine distance (default: the service's)")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def features_leaks(feature_set_id: str, threshold: float | None, fmt: str) -> None:
+    """Test images that nearly duplicate a training image (train/test leakage); exit 0 either way."""
+    pairs = _client().features.near_duplicates(feature_set_id, threshold)
+    if fmt == "json":
+        click.echo(json.dumps({"pairs": pairs}, indent=2))
+        return
+    _console(err=True).print(f"{len(pairs)} test image(s) nearly duplicate a training image")
+    table = Table()
+    for col in ("test image", "training image", "labels", "distance"):
+        table.add_column(col)
+    for p in pairs:
+        labels = p["test"]["label"] + ("" if p["test"]["label"] == p["train"]["label"] else f" / {p['train']['label']}")
+        table.add_row(p["test"]["file"], p["train"]["file"], labels, f"{p['distance']:.4f}")
+    _console(err=False).print(table)
+
+
 @click.group("models")
 def models() -> None:
     """Train, list and inspect models."""
@@ -381,7 +450,7 @@ def models() -> None:
 @click.option("--epochs", type=int, default=None, help="fine-tune for N epochs")
 @click.option("--unfreeze", default=None, help="fine-tune: head | last:N | all | gradual")
 @click.option("--optimizer", default=None, help="fine-tune: sgd, nesterov, adagrad, adadelta, rmsprop, adam, adamw")
-@click.option("--lr", type=float, default=None, help="fine-tune: learning rate")
+@click.option("--lr", type=_LR, default=None, help='fine-tune: learning rate, or "auto" (a range test picks it)')
 @click.option("--batch-size", type=int, default=None, help="fine-tune: batch size")
 @click.option("--augment", multiple=True, help="fine-tune: hflip, vflip, rotate, crop, ... (repeatable)")
 @click.option("--version", type=int, default=None, help="dataset version (default: the latest ready one)")
@@ -399,7 +468,7 @@ def models_train(
     epochs: int | None,
     unfreeze: str | None,
     optimizer: str | None,
-    lr: float | None,
+    lr: float | str | None,
     batch_size: int | None,
     augment: tuple[str, ...],
     version: int | None,

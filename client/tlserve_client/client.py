@@ -236,6 +236,31 @@ class Features(_Resource):
     def get(self, feature_set_id: str) -> FeatureSet:
         return cast(FeatureSet, self._c._json("GET", f"/v1/features/{feature_set_id}"))
 
+    def search(
+        self, feature_set_id: str, images: Sequence[Any] | Any = (), *, image_id: str | None = None, k: int = 10
+    ) -> list[dict[str, Any]]:
+        """The ``k`` nearest images of the feature set to each image (paths, bytes or PIL images), or to the
+        set's image ``image_id``: one result per query, each with ``neighbours`` (``image_id``, ``file``,
+        ``label``, ``split``, ``distance``) or an ``error``."""
+        path = f"/v1/features/{feature_set_id}/search"
+        if image_id is not None:
+            return cast(
+                list[dict[str, Any]], self._c._json("POST", path, data={"image_id": image_id, "k": str(k)})["results"]
+            )
+        if not isinstance(images, list | tuple):
+            images = [images]
+        files = [
+            ("files", (name, data, "application/octet-stream"))
+            for name, data in map(as_upload, images, range(len(images)))
+        ]
+        return cast(list[dict[str, Any]], self._c._json("POST", path, files=files, data={"k": str(k)})["results"])
+
+    def near_duplicates(self, feature_set_id: str, threshold: float | None = None) -> list[dict[str, Any]]:
+        """Test images whose nearest training image is within ``threshold`` (cosine distance): leakage."""
+        params = {} if threshold is None else {"threshold": threshold}
+        body = self._c._json("GET", f"/v1/features/{feature_set_id}/near-duplicates", params=params)
+        return cast(list[dict[str, Any]], body["pairs"])
+
     def download(self, feature_set_id: str, dest: str | os.PathLike[str]) -> Path:
         """Save the features as an ``.npz`` (``features``, ``labels``, ``image_ids``); returns its path."""
         path = f"/v1/features/{feature_set_id}/download"

@@ -85,7 +85,10 @@ def list_datasets(
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
 def get_dataset(
-    dataset_id: str, session: SessionDep, tenant_id: TenantDep, version: Annotated[int | None, Query(ge=1)] = None
+    dataset_id: str,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
 ) -> DatasetOut:
     dataset = ds.get_dataset(session, tenant_id, dataset_id)
     row = ds.get_version(session, dataset, version) if version else ds.latest_version(session, dataset.id)

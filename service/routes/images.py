@@ -25,7 +25,9 @@ def list_images(
     session: SessionDep,
     tenant_id: TenantDep,
     page: PageDep,
-    version: Annotated[int | None, Query(ge=1, description="dataset version (default: the latest)")] = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=2**31 - 1, description="dataset version (default: the latest)")
+    ] = None,
     split: Annotated[images.Split | None, Query()] = None,
     label: Annotated[str | None, Query(max_length=100)] = None,
 ) -> list[ImageOut]:

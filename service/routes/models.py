@@ -54,10 +54,11 @@ def create_model(body: ModelRequest, session: SessionDep, tenant_id: TenantDep) 
 def list_models(
     request: Request, response: Response, session: SessionDep, tenant_id: TenantDep, page: PageDep
 ) -> list[ModelOut]:
-    """One page of models, oldest first; the next page's URL is in the ``Link`` header."""
+    """One page of models, oldest first; the next page's URL is in the ``Link`` header. Models of over 100
+    classes come without their confusion matrix and per-class table (see ``omitted``)."""
     result = mdl.list_models(session, tenant_id, page.limit, page.cursor)
     set_link_header(request, response, result.next_cursor)
-    return [ModelOut.from_row(m) for m in result.items]
+    return [ModelOut.summary(m) for m in result.items]
 
 
 @router.get("/{model_id}", response_model=ModelOut)

@@ -166,6 +166,15 @@ def test_train_builds_the_finetune_body_from_flags_and_prints_epoch_rows(api: Fa
     assert result.stdout.strip().splitlines()[-1] == "m_1"
 
 
+def test_lr_takes_a_number_or_auto(api: FakeAPI) -> None:
+    assert run("models", "train", "--dataset", "ds_1", "--epochs", "1", "--lr", "auto").exit_code == 0
+    assert api.bodies[-1]["finetune"] == {"epochs": 1, "lr": "auto"}
+    assert run("models", "train", "--dataset", "ds_1", "--epochs", "1", "--lr", "3e-4").exit_code == 0
+    assert api.bodies[-1]["finetune"] == {"epochs": 1, "lr": 3e-4}
+    result = run("models", "train", "--dataset", "ds_1", "--lr", "fast")
+    assert result.exit_code == 2 and "auto" in one_error_line(result)
+
+
 def test_bad_finetune_json_is_one_line(api: FakeAPI) -> None:
     result = run("models", "train", "--dataset", "ds_1", "--finetune", "{epochs: 2")
     assert result.exit_code == 2

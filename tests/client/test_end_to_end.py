@@ -90,6 +90,12 @@ def test_python_client_folder_to_prediction(deployment, image_folder: Path, new_
         assert fs["status"] == "ready" and fs["num_images"] == 10 * PER_CLASS and fs["cached"] is False
         again = tl.features.extract(ds["id"], "efficientnet_lite0")
         assert again["cached"] is True and again["id"] == fs["id"]
+        (found,) = tl.features.search(fs["id"], sorted(new_images.iterdir())[:1], k=3)
+        assert len(found["neighbours"]) == 3 and all(n["label"] in ds["classes"] for n in found["neighbours"])
+        nearest = found["neighbours"][0]
+        (again_found,) = tl.features.search(fs["id"], image_id=nearest["image_id"], k=2)
+        assert nearest["image_id"] not in {n["image_id"] for n in again_found["neighbours"]}
+        assert isinstance(tl.features.near_duplicates(fs["id"]), list)
 
         model = tl.models.train(ds["id"], "efficientnet_lite0", head={"type": "logistic", "C": 1.0}, wait=True)
         assert model["status"] == "ready" and len(model["labels"]) == 10
@@ -132,6 +138,12 @@ def test_command_line_folder_to_prediction(deployment, image_folder: Path, new_i
     feature_set_id = last_line(cli(deployment, "features", "extract", "--dataset", dataset_id, "--wait"))
     cached = cli(deployment, "features", "extract", "--dataset", dataset_id)
     assert last_line(cached) == feature_set_id and "cache" in cached.stderr
+    first = sorted(str(p) for p in new_images.iterdir())[0]
+    searched = cli(deployment, "features", "search", feature_set_id, first, "-k", "2", "--format", "json")
+    assert searched.returncode == 0, searched.stderr
+    assert len(json.loads(searched.stdout)["results"][0]["neighbours"]) == 2
+    leaks = cli(deployment, "features", "leaks", feature_set_id)
+    assert leaks.returncode == 0 and "nearly duplicate" in leaks.stderr
 
     train = cli(deployment, "models", "train", "--dataset", dataset_id, "--head", "logistic", "--C", "1", "--wait")
     model_id = last_line(train)

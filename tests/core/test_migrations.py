@@ -80,10 +80,46 @@ def test_0004_aliases_keeps_models(db: str) -> None:
     assert row.id == "mdl_1" and "0.9" in str(row.metrics) and row.name == "prod"
 
 
-def test_0006_tenant_quotas_keeps_tenants_and_what_they_own(db: str) -> None:
+def test_0005_feature_sets_per_version_keeps_rows_and_allows_one_per_version(db: str) -> None:
     from core.migrate import downgrade, upgrade
 
     downgrade(db, "0004")
+    dispose_engines()
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    insert = text(
+        "INSERT INTO feature_sets (id, tenant_id, cache_key, dataset_id, version_id, backbone, weights_digest,"
+        " engine, status, num_images, feature_dim, storage_prefix, stats, created_at) VALUES (:id, 'tn_1', 'k1',"
+        " :ds, :dv, 'efficientnet_lite0', 'w', 'onnx', 'ready', 3, 1280, 'tenants/tn_1/features/k1', '{}', :t)"
+    )
+    engine = create_engine(db)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('tn_1', 'acme', :t)"), {"t": now})
+        conn.execute(insert, {"id": "fs_a", "ds": "ds_a", "dv": "dv_a", "t": now})
+    upgrade(db)
+    with engine.begin() as conn:
+        # Another dataset version with the same images gets its own row sharing the stored chunks...
+        conn.execute(insert, {"id": "fs_b", "ds": "ds_b", "dv": "dv_b", "t": now})
+        rows = conn.execute(text("SELECT id, version_id, storage_prefix FROM feature_sets ORDER BY id")).all()
+    assert [(r.id, r.version_id, r.storage_prefix) for r in rows] == [
+        ("fs_a", "dv_a", "tenants/tn_1/features/k1"),
+        ("fs_b", "dv_b", "tenants/tn_1/features/k1"),
+    ]
+    # ...but one version still has one row per key.
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(insert, {"id": "fs_c", "ds": "ds_b", "dv": "dv_b", "t": now})
+    downgrade(db, "0004")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM feature_sets")).scalar() == 1
+    engine.dispose()
+
+
+def test_0006_tenant_quotas_keeps_tenants_and_what_they_own(db: str) -> None:
+    from core.migrate import downgrade, upgrade
+
+    downgrade(db, "0005")
     dispose_engines()
     now = datetime(2026, 12, 2, 7, 0, tzinfo=UTC)
     engine = create_engine(db)
@@ -107,7 +143,7 @@ def test_0006_tenant_quotas_keeps_tenants_and_what_they_own(db: str) -> None:
         kept = conn.execute(text("SELECT (SELECT count(*) FROM api_keys), (SELECT count(*) FROM datasets)")).one()
         big = conn.execute(text("SELECT max_stored_bytes FROM tenants")).scalar_one()
     assert tuple(kept) == (1, 1) and big == 5 * 1024**4  # beyond 32 bits
-    downgrade(db, "0004")  # and back, without taking anything of the tenant with it
+    downgrade(db, "0005")  # and back, without taking anything of the tenant with it
     with engine.connect() as conn:
         kept = conn.execute(text("SELECT (SELECT count(*) FROM api_keys), (SELECT count(*) FROM datasets)")).one()
     engine.dispose()

@@ -295,6 +295,29 @@ def test_from_a_zip_to_a_prediction_in_the_browser(
     browser.get(f"{deployment.base_url}/ui/#/datasets")
     page.until(lambda: page.find_all(f"#datasets-table tr[data-id='{dataset_id}']"), "the dataset in the list")
     assert "digits from the browser" in page.find(f"#datasets-table tr[data-id='{dataset_id}']").text
+
+    # the dataset page, now that the probe cached features: leakage, and an image's nearest images
+    browser.get(f"{deployment.base_url}/ui/#/datasets/{dataset_id}")
+    page.until(lambda: page.find_all("#leaks"), "the leakage report")
+    feature_set_id = model["params"]["fit"]["feature_set_id"]
+    with deployment.client() as api:
+        leaks = api.get(f"/v1/features/{feature_set_id}/near-duplicates", headers=auth(deployment.api_key)).json()
+    assert int(page.find("#leaks").get_attribute("data-count")) == len(leaks["pairs"])
+    page.until(lambda: page.find_all("#thumbnails figure.pickable"), "pickable thumbnails")
+    picked = page.find("#thumbnails figure.pickable")
+    picked_id = picked.get_attribute("data-image-id")
+    picked.click()
+    page.until(lambda: len(page.find_all("#similar .thumb")) == 8, "eight similar images")
+    with deployment.client() as api:
+        found = api.post(
+            f"/v1/features/{feature_set_id}/search",
+            data={"image_id": picked_id, "k": "8"},
+            headers=auth(deployment.api_key),
+        ).json()["results"][0]["neighbours"]
+    shown = [el.get_attribute("data-image-id") for el in page.find_all("#similar .thumb")]
+    assert shown == [n["image_id"] for n in found] and picked_id not in shown
+    page.until(lambda: all(i.get_attribute("src") for i in page.find_all("#similar .thumb img")), "their thumbnails")
+    page.shot("08-similar-images")
     assert page.severe() == []
 
 

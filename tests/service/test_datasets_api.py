@@ -272,3 +272,35 @@ def test_zip_files_listing_is_not_trusted_for_paths(client: TestClient, api_key:
     assert wait_for_job(client, body["job_id"], api_key)["status"] == "succeeded"
     ds = client.get(f"/v1/datasets/{body['id']}", headers=auth(api_key)).json()
     assert ds["num_images"] == 1 and len(ds["rejected"]) == 1
+
+
+def test_file_names_of_any_length_are_stored_shortened_and_kept_apart(client: TestClient, api_key: str) -> None:
+    """A 600-character path used to fail the whole upload on PostgreSQL (``String(500)``)."""
+    (n1, l1, png1), (n2, l2, png2), (n3, l3, png3) = _real_pngs(1)[:3]
+    stem = "x" * 590
+    archive = zip_bytes({f"{l1}/{stem}1.png": png1, f"{l2}/{stem}2.png": png2, f"{l3}/{n3}": png3})
+    body = upload_dataset(client, api_key, archive).json()
+    job = wait_for_job(client, body["job_id"], api_key)
+    assert job["status"] == "succeeded", job
+    images = client.get(f"/v1/datasets/{body['id']}/images", headers=auth(api_key)).json()
+    names = sorted(img["file"] for img in images)
+    assert len(names) == 3 and len(set(names)) == 3
+    assert f"{l3}/{n3}" in names  # short names are kept as they were
+    long = [n for n in names if n.startswith(f"{l1}/xxx") or n.startswith(f"{l2}/xxx")]
+    assert len(long) == 2 and all(len(n) <= 500 and n.endswith(".png") for n in long)
+
+
+def test_deleting_a_dataset_whose_ingestion_failed_removes_its_upload(client: TestClient, api_key: str) -> None:
+    from core.db import session_scope
+    from core.keys import upload_prefix
+    from core.storage import get_storage
+    from core.tables import Job
+
+    body = upload_dataset(client, api_key, zip_bytes({"a/x.png": b"nope", "b/y.jpg": b"nope"})).json()
+    job = wait_for_job(client, body["job_id"], api_key)
+    assert job["status"] == "failed"
+    with session_scope() as s:
+        prefix = upload_prefix(s.get(Job, body["job_id"]).tenant_id, body["job_id"])
+    assert get_storage().list(prefix)  # the failed job keeps its upload (a retry would need it)
+    assert client.delete(f"/v1/datasets/{body['id']}", headers=auth(api_key)).status_code == 204
+    assert not get_storage().list(prefix)

@@ -129,3 +129,102 @@ def test_features_of_another_tenant_are_404(env) -> None:
     assert client.get(f"/v1/features/{listed[0]['id']}", headers=auth(other)).status_code == 404
     assert client.get(f"/v1/features/{listed[0]['id']}/download", headers=auth(other)).status_code == 404
     assert client.get("/v1/features", headers=auth(other)).json() == []
+
+
+def _relabelled(archive: bytes, mapping: dict[str, str]) -> bytes:
+    """The same images under other class folders: same content, other labels."""
+    import zipfile
+
+    out = {}
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        for name in zf.namelist():
+            label, _, rest = name.partition("/")
+            out[f"{mapping[label]}/{rest}"] = zf.read(name)
+    from tests.helpers import zip_bytes
+
+    return zip_bytes(out)
+
+
+def _npz(client: TestClient, key: str, fs_id: str) -> dict[str, np.ndarray]:
+    resp = client.get(f"/v1/features/{fs_id}/download?format=npz", headers=auth(key))
+    assert resp.status_code == 200, resp.text
+    with np.load(io.BytesIO(resp.content), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_same_images_other_labels_share_vectors_never_labels_splits_or_lifetime(env) -> None:
+    from core.datasets import version_images
+    from core.db import session_scope
+    from core.keys import chunk_key
+    from core.storage import get_storage
+    from core.tables import FeatureSet
+
+    client, key = env
+    archive = class_folder_zip("fashion", per_class=3, seed=3)
+    tops = {"tshirt_top", "pullover", "coat", "shirt", "dress"}
+    mapping = {
+        c: ("top" if c in tops else "other")
+        for c in [
+            "ankle_boot",
+            "bag",
+            "coat",
+            "dress",
+            "pullover",
+            "sandal",
+            "shirt",
+            "sneaker",
+            "trouser",
+            "tshirt_top",
+        ]
+    }
+    a = upload_dataset(client, key, archive, name="a", seed=1).json()
+    b = upload_dataset(client, key, _relabelled(archive, mapping), name="b", seed=2).json()
+    for body in (a, b):
+        assert wait_for_job(client, body["job_id"], key)["status"] == "succeeded"
+
+    fa = client.post("/v1/features", headers=auth(key), json={"dataset_id": a["id"]})
+    assert wait_for_job(client, fa.json()["job_id"], key)["status"] == "succeeded"
+    fb = client.post("/v1/features", headers=auth(key), json={"dataset_id": b["id"]})
+    # B's own feature set, ready at once from A's stored vectors (no second extraction)...
+    assert fb.status_code == 200 and fb.json()["cached"] is True, fb.text
+    fa, fb = fa.json(), fb.json()
+    assert fb["id"] != fa["id"] and fb["dataset_id"] == b["id"] and fb["status"] == "ready"
+    assert fb["cache_key"] == fa["cache_key"]
+    # ...whose download carries B's labels and B's splits.
+    za, zb = _npz(client, key, fa["id"]), _npz(client, key, fb["id"])
+    assert set(zb["labels"].tolist()) == {"top", "other"}
+    assert set(za["labels"].tolist()) == set(mapping)
+    with session_scope() as s:
+        b_splits = {img.sha256: img.split for img in version_images(s, fb["version_id"])}
+    assert dict(zip(zb["sha256"].tolist(), zb["splits"].tolist(), strict=True)) == b_splits
+    order = {h: i for i, h in enumerate(za["sha256"].tolist())}
+    np.testing.assert_array_equal(zb["features"], za["features"][[order[h] for h in zb["sha256"].tolist()]])
+
+    # A probe on B learns B's labels.
+    probe = client.post("/v1/models", headers=auth(key), json={"dataset_id": b["id"], "strategy": "linear_probe"})
+    assert wait_for_job(client, probe.json()["job_id"], key)["status"] == "succeeded"
+    model = client.get(f"/v1/models/{probe.json()['id']}", headers=auth(key)).json()
+    assert sorted(model["labels"]) == ["other", "top"]
+
+    # Deleting A keeps what B uses; deleting B too removes the stored vectors.
+    assert client.delete(f"/v1/datasets/{a['id']}", headers=auth(key)).status_code == 204
+    assert client.get(f"/v1/features/{fa['id']}", headers=auth(key)).status_code == 404
+    assert client.get(f"/v1/features/{fb['id']}", headers=auth(key)).json()["status"] == "ready"
+    np.testing.assert_array_equal(_npz(client, key, fb["id"])["features"], zb["features"])
+    with session_scope() as s:
+        prefix = s.get(FeatureSet, fb["id"]).storage_prefix
+    assert get_storage().exists(chunk_key(prefix, 0))
+    assert client.delete(f"/v1/datasets/{b['id']}", headers=auth(key)).status_code == 204
+    assert not get_storage().exists(chunk_key(prefix, 0))
+
+
+def test_an_extraction_stops_when_its_dataset_is_deleted(env) -> None:
+    client, key = env
+    body = upload_dataset(client, key, class_folder_zip("fashion", per_class=30, seed=5), name="gone").json()
+    assert wait_for_job(client, body["job_id"], key)["status"] == "succeeded"
+    fs = client.post("/v1/features", headers=auth(key), json={"dataset_id": body["id"]}).json()
+    assert fs["status"] == "queued"
+    assert client.delete(f"/v1/datasets/{body['id']}", headers=auth(key)).status_code == 204
+    job = wait_for_job(client, fs["job_id"], key)
+    assert job["status"] == "cancelled", job
+    assert client.get(f"/v1/features/{fs['id']}", headers=auth(key)).status_code == 404

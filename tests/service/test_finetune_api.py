@@ -114,3 +114,59 @@ def test_finetune_request_validation(env) -> None:
         )
         assert resp.status_code == 422, (finetune, resp.text)
         assert word in resp.json()["error"]["message"]
+
+
+def test_lpft_starts_from_the_cached_probe_and_reports_it(env) -> None:
+    """efficientnet_lite0 (real weights), head only: the probe is fitted on the feature cache (filled by this
+    job, then reused by a linear probe), epoch 0 is recorded, the kept model is not worse on validation, and
+    the model's metrics carry the probe's test accuracy on the same split."""
+    client, key, dataset_id = env
+    body = {
+        "dataset_id": dataset_id,
+        "backbone": "efficientnet_lite0",
+        "strategy": "finetune",
+        "finetune": {"epochs": 2, "batch_size": 32, "early_stopping_patience": 0},
+    }
+    resp = client.post("/v1/models", headers=auth(key), json=body)
+    assert resp.status_code == 202, resp.text
+    job = wait_for_job(client, resp.json()["job_id"], key, timeout=900)
+    assert job["status"] == "succeeded", job
+    metrics = job["metrics"]
+    initial = metrics["initial"]
+    assert initial["head_init"] == "probe" and initial["features"] == "cache" and initial["epoch"] == 0
+    best = initial if metrics["best_epoch"] == 0 else metrics["history"][metrics["best_epoch"] - 1]
+    assert best["val_loss"] <= initial["val_loss"]
+    assert metrics["refit_on_val"] == (metrics["best_epoch"] == 0)  # a probe that stays is refitted on train + val
+    model = client.get(f"/v1/models/{resp.json()['id']}", headers=auth(key)).json()
+    m = model["metrics"]
+    assert 0.5 < m["probe_accuracy"] <= 1 and m["accuracy"] > 0.5  # digits on ImageNet features: well above 0.1
+    assert model["params"]["finetune"]["head_init"] == "probe"
+
+    probe = client.post(
+        "/v1/models", headers=auth(key), json={"dataset_id": dataset_id, "backbone": "efficientnet_lite0"}
+    )
+    probe_job = wait_for_job(client, probe.json()["job_id"], key, timeout=600)
+    assert probe_job["status"] == "succeeded" and probe_job["metrics"]["forward_images"] == 0  # the job's features
+
+
+def test_finetune_body_takes_lr_auto_and_the_lpft_fields(env) -> None:
+    client, key, dataset_id = env
+    ok = {"lr": "auto", "head_init": "random", "warmup": 0.2, "bn_eval": False, "monitor": "val_acc", "epochs": 1}
+    resp = client.post(
+        "/v1/models",
+        headers=auth(key),
+        json={"dataset_id": dataset_id, "backbone": "lenet5", "strategy": "finetune", "finetune": ok},
+    )
+    assert resp.status_code == 202, resp.text
+    job = wait_for_job(client, resp.json()["job_id"], key, timeout=600)
+    assert job["status"] == "succeeded", job
+    assert (
+        job["metrics"]["lr_find"]["rule"] == "valley" and job["metrics"]["lr"] == job["metrics"]["lr_find"]["suggested"]
+    )
+    for finetune in ({"lr": "fast"}, {"head_init": "zeros"}, {"warmup": 1.5}, {"monitor": "train_loss"}):
+        bad = client.post(
+            "/v1/models",
+            headers=auth(key),
+            json={"dataset_id": dataset_id, "backbone": "lenet5", "strategy": "finetune", "finetune": finetune},
+        )
+        assert bad.status_code == 422, (finetune, bad.text)

@@ -44,6 +44,7 @@ def test_both_paths_learn_real_digits(
         lr=lr,
         batch_size=32,
         early_stopping_patience=0,
+        head_init="random",  # learning from scratch; the probe start is tested in test_lpft.py
     )
     result = finetune(LENET, train, val, cfg)
     assert result.data_path == data_path and len(result.history) == 6
@@ -88,6 +89,7 @@ def test_imagenet_architecture_with_batchnorm(unfreeze: str, data_path: str) -> 
         early_stopping_patience=0,
         gradual_every=1,
         optimizer="adam",
+        head_init="random",
     )
     result = finetune(spec, train, val, cfg)
     losses = [row["train_loss"] for row in result.history]
@@ -203,7 +205,9 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     shuffled = list(np.random.default_rng(1).permutation(val.labels))
     val = Samples(val.images, shuffled, val.classes)
     checkpoints: list[dict[str, Any]] = []
-    cfg = FinetuneConfig(epochs=15, unfreeze="all", lr=1e-2, early_stopping_patience=2, schedule="none")
+    cfg = FinetuneConfig(
+        epochs=15, unfreeze="all", lr=1e-2, early_stopping_patience=2, schedule="none", head_init="random"
+    )
     result = finetune(LENET, train, val, cfg, callbacks=Callbacks(save_checkpoint=checkpoints.append))
     val_losses = [row["val_loss"] for row in result.history]
     assert result.stopped_early and len(result.history) < 15

@@ -122,3 +122,24 @@ def test_stack_batch() -> None:
         stack_batch([a, np.zeros((8, 8, 1), np.uint8)])
     with pytest.raises(InvalidInput):
         stack_batch([a.astype(np.float32)])
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "ICO", "PCX", "TGA"])
+def test_serving_reads_only_the_formats_ingestion_accepts(fmt: str) -> None:
+    """Pillow opens dozens of formats; the serving path opens the same six as ingestion, by content."""
+    from core.images import ACCEPTED_FORMATS
+    from workers.ingest import images as ingest_images
+    from workers.ingest.images import ImageLimits, ImageRejected, decode_image
+
+    assert ingest_images.ACCEPTED_FORMATS is ACCEPTED_FORMATS
+    pixels = skimage.data.astronaut()[:64, :64]
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    prep = get_backbone("efficientnet_lite0").preprocessing
+    with pytest.raises(InvalidInput, match="accepted"):
+        load_rgb(buf.getvalue(), prep)
+    with pytest.raises(ImageRejected):
+        decode_image(buf.getvalue(), f"x.{fmt.lower()}", ImageLimits(max_pixels=10**7))
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    assert load_rgb(png.getvalue(), prep).shape[-1] == 3

@@ -29,10 +29,10 @@ from pathlib import PurePath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core.images import ACCEPTED_FORMATS
 from core.settings import Settings
 from workers.ingest import sniff
 
-ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 _TRANSPARENT_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 _CORRUPT = "image data is truncated or corrupt"

@@ -77,18 +77,20 @@ def extract_features(
     ctx: JobContext | None, fs_id: str, chunk_range: range | None = None, *, publish: bool = True
 ) -> dict[str, Any]:
     """Fill a feature set's chunks (those of ``chunk_range``, default all; skipping those already written)
-    and, when ``publish``, mark it ready. A shard (``publish=False``) never revives an ended feature set."""
+    and, when ``publish``, mark it ready, with every other version's row waiting on the same features. A
+    shard (``publish=False``) never revives an ended feature set."""
     settings, storage = get_settings(), get_storage()
     with session_scope() as s:
         fs = s.get(FeatureSet, fs_id)
         if fs is None:
             raise NotFound(f"feature set {fs_id!r} no longer exists")
         if publish:
-            fs.status = ResourceStatus.RUNNING
+            fsets.mark_running(s, fs)
         elif not _building(fs.status):
             raise JobCancelled("the extraction this shard belongs to has ended")
         rows = [(img.sha256, img.canonical_key) for img in ds.version_images(s, fs.version_id)]
         prefix, backbone, tenant_id, digest = fs.storage_prefix, fs.backbone, fs.tenant_id, fs.weights_digest
+        content_key = fs.cache_key
     spec, _ = resolve_backbone(backbone, True, tenant_id)
     engine = feature_engine(backbone, tenant_id, digest)
     start, forwarded, total = time.perf_counter(), 0, len(rows)
@@ -139,9 +141,9 @@ def extract_features(
     if not publish:
         return stats
     with session_scope() as s:
-        fs = s.get(FeatureSet, fs_id)
-        if fs is not None:
-            fs.status, fs.stats, fs.num_images = ResourceStatus.READY, stats, total
+        users = fsets.mark_ready(s, tenant_id, content_key, stats, total)
+    if not users:  # its datasets were deleted while it ran: leave no orphan chunks behind
+        storage.delete_prefix(prefix)
     return stats
 
 
@@ -213,8 +215,8 @@ def _sharded(ctx: JobContext, fs_id: str, total: int, per_shard: int) -> dict[st
         fs = s.get(FeatureSet, fs_id)
         if fs is None:
             raise NotFound(f"feature set {fs_id!r} no longer exists")
-        fs.status = ResourceStatus.RUNNING
-        prefix = fs.storage_prefix
+        fsets.mark_running(s, fs)
+        prefix, content_key, tenant_id = fs.storage_prefix, fs.cache_key, fs.tenant_id
         rows = [img.sha256 for img in ds.version_images(s, fs.version_id)]
         shards = list(s.execute(select(Job.id, Job.status, Job.error, Job.metrics).where(Job.id.in_(shard_ids))))
     landed = _landed(storage, prefix, n_chunks)
@@ -241,9 +243,9 @@ def _sharded(ctx: JobContext, fs_id: str, total: int, per_shard: int) -> dict[st
         "shard_seconds": round(sum(float(m.get("seconds") or 0.0) for m in done), 3),
     }
     with session_scope() as s:
-        fs = s.get(FeatureSet, fs_id)
-        if fs is not None:
-            fs.status, fs.stats, fs.num_images = ResourceStatus.READY, stats, total
+        users = fsets.mark_ready(s, tenant_id, content_key, stats, total)
+    if not users:  # its datasets were deleted while it ran: leave no orphan chunks behind
+        storage.delete_prefix(prefix)
     return {**stats, "shard_ids": shard_ids}
 
 

@@ -2,6 +2,12 @@
 train split with early stopping on val, checkpointed every epoch so a redelivered task resumes where the
 dead worker stopped, then evaluated on the test split exactly like a linear probe.
 
+LP-FT: by default the head starts as the linear probe of the train split, fitted on the feature cache
+(extracted here on a miss, as a linear-probe job would) when the backbone has real weights — the cache's
+engine runs the same preprocessing, pooling and eval-mode network as the training graph (checked to 1e-4 by
+the export check) — and on the training graph's own features otherwise. The probe's test accuracy is
+reported beside the fine-tune's, so a user sees whether fine-tuning paid.
+
 Stored per model: ``finetuned.pt`` (a state dict; loaded with ``weights_only=True``), ``finetuned.json``
 (what to build), ``model.onnx`` (the served graph, through the same export check as a backbone's),
 ``checkpoint.pt`` while training.
@@ -20,6 +26,7 @@ import numpy as np
 
 from classifiers.scores import softmax
 from core import datasets as ds
+from core import features as fsets
 from core.db import session_scope
 from core.errors import InvalidInput, JobCancelled, NotFound
 from core.jobs import JobContext
@@ -27,6 +34,7 @@ from core.status import ResourceStatus
 from core.storage import get_storage
 from core.tables import Job, Model
 from workers.backbones import BackboneSpec, WeightsInfo, get_backbone
+from workers.jobs.extract import ensure_features
 from workers.jobs.fit import library_versions
 from workers.runtime.engines import export_checked
 from workers.runtime.preprocess import load_rgb, stack_batch
@@ -111,6 +119,7 @@ def finetune_job(ctx: JobContext) -> dict[str, Any]:
         log.info("job %s resumes fine-tuning after epoch %s", ctx.job_id, resume.get("epoch"))
     start = time.perf_counter()
     pretrained = None if model.lineage.get("weights_digest") != "random" else False
+    cached = _cached_features(ctx, model, spec, cfg, by_split, classes)
     result = finetune(
         spec,
         _samples(by_split["train"], classes),
@@ -119,11 +128,14 @@ def finetune_job(ctx: JobContext) -> dict[str, Any]:
         callbacks=_callbacks(ctx, cfg.epochs, save),
         resume_state=resume,
         pretrained=pretrained,
+        probe_features=cached["train"][0] if cached is not None else None,
+        probe_val_features=cached["val"][0] if cached is not None else None,
     )
     train_seconds = time.perf_counter() - start
     ctx.check_cancelled(force=True)
     ctx.progress("evaluate", 0, 1, force=True)
     metrics = _evaluate(result.model, spec, classes, by_split)
+    metrics.update(_probe_report(result, cached, classes, cfg.seed))
     digest = _store(model, spec, result, classes)
     summary = {
         "history": result.history,
@@ -136,16 +148,73 @@ def finetune_job(ctx: JobContext) -> dict[str, Any]:
             train_seconds / max(1, len(result.history) - int(resume["epoch"] if resume else 0)), 2
         ),
         "resumed_from_epoch": int(resume["epoch"]) if resume else None,
+        "initial": result.initial,
+        "refit_on_val": result.refit_on_val,
+        "lr": result.lr,
     }
+    if result.lr_find is not None:
+        summary["lr_find"] = result.lr_find
     with session_scope() as s:
         row = s.get(Model, model.id)
         if row is None:
             raise NotFound("the model was deleted while it was being trained")
         row.status, row.metrics, row.labels = ResourceStatus.READY, metrics, classes
         row.lineage = {**row.lineage, "finetuned_digest": digest, "libraries": library_versions()}
-        row.params = {**row.params, "result": {k: v for k, v in summary.items() if k != "history"}}
+        row.params = {
+            **row.params,
+            "result": {k: v for k, v in summary.items() if k not in ("history", "lr_find")},
+        }
     get_storage().delete(f"{model.storage_prefix}/{CHECKPOINT}")
     return {"test_accuracy": metrics.get("accuracy"), "macro_f1": metrics.get("macro_f1"), **summary}
+
+
+def _cached_features(
+    ctx: JobContext, model: Model, spec: BackboneSpec, cfg: Any, by_split: dict[str, list[Any]], classes: list[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """Per split, (features, label indices) from the feature cache in ``by_split``'s order, for the probe; None
+    when the head starts at random or the weights are random (the cache's random weights are not the model's)."""
+    if cfg.head_init != "probe" or model.lineage.get("weights_digest") == "random" or spec.weights.kind == "none":
+        return None
+    ctx.progress("features", 0, 1, force=True)
+    fs, _ = ensure_features(
+        ctx,
+        model.dataset_id,
+        model.backbone,
+        version=model.lineage["dataset_version"],
+        allow_random_weights=bool(model.params.get("allow_random_weights")),
+        queue=model.params.get("queue", "cpu"),
+    )
+    with session_scope() as s:
+        data = fsets.labelled_features(s, fs, model.version_id)
+    ctx.check_cancelled(force=True)
+    position = {image_id: i for i, image_id in enumerate(data["image_ids"].tolist())}
+    index = {c: i for i, c in enumerate(classes)}
+    out = {}
+    for split, rows in by_split.items():
+        at = [position.get(r.id) for r in rows]
+        if any(i is None for i in at):
+            log.warning("job %s: the feature cache misses %s images; the probe uses the model's", ctx.job_id, split)
+            return None
+        out[split] = (data["features"][at], np.array([index[r.label] for r in rows], dtype=np.int64))
+    return out
+
+
+def _probe_report(
+    result: Any, cached: dict[str, tuple[np.ndarray, np.ndarray]] | None, classes: list[str], seed: int
+) -> dict[str, Any]:
+    """The test accuracy of the probe the head started from, on the same test split (refitted identically
+    when the run resumed from a checkpoint and no longer holds it)."""
+    from workers.training.probe import fit_probe
+
+    if cached is None or not len(cached["test"][1]):
+        return {}
+    probe = result.probe
+    if probe is None:
+        probe = fit_probe(*cached["train"], classes, seed=seed)
+    X, y = cached["test"]
+    pred = (X.astype(np.float64) @ probe.weight.T + probe.bias).argmax(axis=1)
+    accuracy = float(np.mean(pred == y))
+    return {"probe_accuracy": accuracy, "probe_C": probe.C}
 
 
 def _pixels(rows: list[Any], spec: BackboneSpec) -> np.ndarray:

@@ -21,6 +21,7 @@ from sqlalchemy import delete
 from core import datasets as ds
 from core.db import session_scope
 from core.errors import InvalidInput, NotFound, TLServeError
+from core.images import stored_filename
 from core.jobs import JobContext
 from core.keys import blob_key, canonical_key, upload_prefix
 from core.settings import get_settings
@@ -122,7 +123,8 @@ def _store_images(
             ckey = canonical_key(tenant_id, dataset_id, sha)
             if not storage.exists(ckey):
                 storage.put_bytes(ckey, item.canonical, durable=False)
-            accepted[sha] = _Accepted(sha, member.name, member.label, img.width, img.height, img.size_bytes, img.format)
+            name = stored_filename(member.name)  # a 600-character path still fits the column
+            accepted[sha] = _Accepted(sha, name, member.label, img.width, img.height, img.size_bytes, img.format)
         rejected[:0] = [{"file": r.file, "reason": r.reason} for r in archive_rejections]
     storage.sync()  # every blob is on disk before the version that names it is published
     ctx.progress("decode", expected, expected, force=True)

@@ -25,7 +25,9 @@ class LRUCache:
             return self._items[key]
         return None
 
-    def get_or_create(self, key: Hashable, make: Callable[[], Any]) -> Any:
+    def get_or_create(self, key: Hashable, make: Callable[[], Any], keep: Callable[[Any], bool] | None = None) -> Any:
+        """The cached value, or ``make()`` run once however many callers miss at the same time. ``keep``
+        (checked under the lock) can refuse to cache what was made, e.g. a model deleted meanwhile."""
         with self._lock:
             if (found := self._hit(key)) is not None:
                 return found
@@ -34,13 +36,21 @@ class LRUCache:
             with self._lock:
                 if (found := self._hit(key)) is not None:
                     return found
-            value = make()
-            with self._lock:
-                self._items[key] = value
-                self._building.pop(key, None)
-                while len(self._items) > max(1, get_settings().model_cache_size):
-                    self._items.popitem(last=False)
+            try:
+                value = make()
+                with self._lock:
+                    if keep is None or keep(value):
+                        self._items[key] = value
+                    while len(self._items) > max(1, get_settings().model_cache_size):
+                        self._items.popitem(last=False)
+            finally:
+                with self._lock:  # also after a failed build: junk keys must not pile up here
+                    self._building.pop(key, None)
             return value
+
+    def peek(self, key: Hashable) -> Any:
+        with self._lock:
+            return self._hit(key)
 
     def clear(self) -> None:
         with self._lock:

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.errors import InvalidInput
+from core.images import ACCEPTED_FORMATS
 from workers.backbones.spec import Preprocessing
 
 _RESAMPLE = {
@@ -31,8 +32,14 @@ def _open(source: str | Path | bytes) -> Image.Image:
     from core.settings import get_settings
 
     try:
-        img = Image.open(io.BytesIO(source) if isinstance(source, bytes | bytearray) else source)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
+        img = Image.open(
+            io.BytesIO(source) if isinstance(source, bytes | bytearray) else source, formats=ACCEPTED_FORMATS
+        )
+    except UnidentifiedImageError:
+        raise InvalidInput(
+            f"not a readable image in an accepted format (accepted: {', '.join(ACCEPTED_FORMATS)})"
+        ) from None
+    except (Image.DecompressionBombError, OSError) as exc:
         raise InvalidInput(f"not a readable image: {exc}") from exc
     limit = get_settings().max_image_pixels
     if img.width * img.height > limit:

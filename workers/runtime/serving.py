@@ -1,26 +1,34 @@
 """Serving a trained model: a linear probe is the backbone's engine then the stored head; a fine-tuned
 network is one more set of weights behind the same export check and engines.
 
-Predictors live in the process's bounded LRU keyed by (tenant, model id); a head loads from npz + JSON only
-(nothing from storage is ever unpickled or executed)."""
+Predictors live in the process's bounded LRU keyed by (tenant, model id), re-checked against the model's
+row at most once a second; a head loads from npz + JSON only (nothing from storage is ever unpickled or
+executed)."""
 
 from __future__ import annotations
 
 import io
 import json
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 from classifiers.scores import softmax, top_k
 from core import models as mdl
 from core.db import session_scope
-from core.errors import Conflict
+from core.errors import Conflict, NotFound
 from core.features import MODEL_PREFIX
+from core.settings import get_settings
 from core.storage import get_storage
 from workers.backbones import BackboneSpec, WeightsInfo, get_backbone
 from workers.runtime.cache import LRUCache
+
+log = logging.getLogger(__name__)
 
 
 class FinetunedEngine:
@@ -97,20 +105,73 @@ def _build(tenant_id: str, model_id: str) -> Predictor:
     return Predictor(model_id, spec, [str(c) for c in head.classes_], strategy, engine, head)
 
 
-class PredictorCache:
-    """Predictors by (tenant, model id): another tenant's id never hits, and misses raise ``NotFound``."""
+def _stamp(tenant_id: str, model_id: str) -> str:
+    with session_scope() as s:
+        return mdl.serving_stamp(s, tenant_id, model_id)
 
-    def __init__(self) -> None:
+
+@dataclass
+class _Entry:
+    predictor: Predictor
+    stamp: str  # the row's artifact when it was read for this predictor
+    checked_at: float  # monotonic time of the last read that confirmed it (before the build, for a new one)
+    epoch: int  # the cache's forget count when the build began
+
+
+class PredictorCache:
+    """Predictors by (tenant, model id): another tenant's id never hits, and misses raise ``NotFound``.
+
+    Several API processes serve the same models, and a model deleted or replaced through one of them must
+    stop serving in all: an entry is re-checked against its row (one small query) when it was last
+    confirmed more than ``settings.serving_revalidate_s`` ago, so at most once a second per model. A miss
+    builds once, however many requests miss together (a lock per key), and a build that began before a
+    ``forget`` in this process is returned to its caller but never cached."""
+
+    def __init__(self, build: Callable[[str, str], Predictor] = _build, stamp: Callable[[str, str], str] = _stamp):
         self._lru = LRUCache()
+        self._build, self._stamp = build, stamp
+        self._epoch = 0
 
     def get(self, tenant_id: str, model_id: str) -> Predictor:
-        return self._lru.get_or_create((tenant_id, model_id), lambda: _build(tenant_id, model_id))
+        key = (tenant_id, model_id)
+        entry: _Entry | None = self._lru.peek(key)
+        if entry is not None:
+            now = time.monotonic()
+            if now - entry.checked_at < get_settings().serving_revalidate_s:
+                return entry.predictor
+            entry.checked_at = now  # one re-check at a time: requests arriving meanwhile use the entry
+            try:
+                stamp = self._stamp(tenant_id, model_id)
+            except (NotFound, Conflict):
+                self._lru.discard(lambda k: k == key)
+                raise
+            except SQLAlchemyError:  # the database is down: nothing can be deleted either; keep serving
+                log.warning("could not re-check model %s against the database; serving the cached one", model_id)
+                return entry.predictor
+            if stamp == entry.stamp:
+                return entry.predictor
+            self._lru.discard(lambda k: k == key)  # replaced: build anew
+        epoch = self._epoch
+        made: _Entry = self._lru.get_or_create(
+            key, lambda: self._make(tenant_id, model_id, epoch), keep=lambda e: e.epoch == self._epoch
+        )
+        return made.predictor
+
+    def _make(self, tenant_id: str, model_id: str, epoch: int) -> _Entry:
+        checked_at = time.monotonic()
+        stamp = self._stamp(tenant_id, model_id)  # read before the build: a delete after it is seen next check
+        return _Entry(self._build(tenant_id, model_id), stamp, checked_at, epoch)
 
     def forget(self, model_id: str) -> None:
+        self._epoch += 1  # first: a build running now cannot put the model back
         self._lru.discard(lambda key: key[1] == model_id)
 
     def clear(self) -> None:
+        self._epoch += 1
         self._lru.clear()
+
+    def __len__(self) -> int:
+        return len(self._lru)
 
 
 PREDICTORS = PredictorCache()

@@ -14,6 +14,12 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "
 AUGMENTATIONS = ("hflip", "vflip", "rotate", "crop", "shear", "shift", "warp", "color", "pca_color")
 SCHEDULES = ("cosine", "step", "none")
 INITS = ("he", "xavier")
+HEAD_INITS = ("probe", "random")
+MONITORS = ("val_loss", "val_acc")
+DEFAULT_LR = 1e-3
+# Without an explicit ``discriminative_lr_decay`` the bottom stage trains at lr / 100 and the stages between
+# at geometrically spaced rates (fastai's ``slice(lr / 100, lr)``), whatever the number of stages.
+DISCRIMINATIVE_SPAN = 0.01
 DATA_PATHS = ("auto", "cached", "augmented")
 
 
@@ -47,7 +53,7 @@ class FinetuneConfig:
     unfreeze: str = "head"  # "head" | "last:N" | "all" | "gradual"
     gradual_every: int = 1  # gradual: one more stage (from the top) every this many epochs
     optimizer: str = "adamw"
-    lr: float = 1e-3
+    lr: float | str = DEFAULT_LR  # the head's learning rate, or "auto": a learning-rate range test picks it
     momentum: float = 0.9  # sgd "momentum"/"nesterov" and rmsprop
     weight_decay: float = 1e-4
     dropout: float = 0.2
@@ -56,9 +62,15 @@ class FinetuneConfig:
     augment: tuple[str, ...] = field(default_factory=tuple)
     label_smoothing: float = 0.0
     max_norm: float | None = None  # max L2 norm of each row of the head's weight, applied after every step
-    schedule: str = "cosine"  # per-epoch learning-rate schedule
-    init: str = "xavier"  # init of the new head: "he" | "xavier"
-    discriminative_lr_decay: float = 0.1  # a stage d stages below the head trains at lr * decay**d
+    schedule: str = "cosine"  # per-step learning-rate schedule, after the warm-up
+    warmup: float = 0.1  # fraction of all steps over which the rate rises linearly from 0 (0: no warm-up)
+    head_init: str = "probe"  # "probe": a linear probe fitted on the train split's features (LP-FT); "random"
+    refit_probe: bool = True  # when epoch 0 (the probe) stays the best, refit it on train + val as a probe would
+    init: str = "xavier"  # init of a random head: "he" | "xavier"
+    discriminative_lr_decay: float | None = None  # a stage d below the head trains at lr * decay**d; None:
+    # decay = DISCRIMINATIVE_SPAN ** (1 / num_stages)
+    bn_eval: bool | None = None  # BatchNorm of trained stages in eval mode; None: yes unless unfreeze is "all"
+    monitor: str = "val_loss"  # the validation metric that picks the best epoch and drives early stopping
     seed: int = 0
     data_path: str = "auto"  # "auto" | "cached" | "augmented"
 
@@ -69,6 +81,21 @@ class FinetuneConfig:
     @property
     def policy(self) -> Unfreeze:
         return Unfreeze.parse(self.unfreeze)
+
+    @property
+    def auto_lr(self) -> bool:
+        return self.lr == "auto"
+
+    def stage_lr_decay(self, num_stages: int) -> float:
+        """The discriminative factor between neighbouring stages (and between the head and the top stage)."""
+        if self.discriminative_lr_decay is not None:
+            return self.discriminative_lr_decay
+        return DISCRIMINATIVE_SPAN ** (1.0 / max(1, num_stages))
+
+    def resolved_bn_eval(self) -> bool:
+        """BatchNorm statistics frozen while the backbone is partially frozen (small data, distribution of the
+        pretrained statistics kept); trained with it when every stage trains from the start."""
+        return self.policy.kind != "all" if self.bn_eval is None else bool(self.bn_eval)
 
     def resolved_data_path(self) -> str:
         """ "cached" when the frozen part can be run once (no augmentation, a fixed cut), else "augmented"."""
@@ -102,12 +129,25 @@ class FinetuneConfig:
         _check_choice(self.schedule, "schedule", SCHEDULES)
         _check_choice(self.init, "init", INITS)
         _check_choice(self.data_path, "data_path", DATA_PATHS)
-        _check_float(self.lr, "lr", 0.0, 10.0, low_open=True)
+        _check_choice(self.head_init, "head_init", HEAD_INITS)
+        _check_choice(self.monitor, "monitor", MONITORS)
+        if not self.auto_lr:
+            _check_float(self.lr, "lr", 0.0, 10.0, low_open=True)
+        _check_float(self.warmup, "warmup", 0.0, 1.0, high_open=True)
+        if not isinstance(self.refit_probe, bool):
+            raise InvalidInput(
+                f"refit_probe must be true or false; got {self.refit_probe!r}", details={"field": "refit_probe"}
+            )
+        if self.bn_eval is not None and not isinstance(self.bn_eval, bool):
+            raise InvalidInput(
+                f"bn_eval must be true, false or null; got {self.bn_eval!r}", details={"field": "bn_eval"}
+            )
         _check_float(self.momentum, "momentum", 0.0, 1.0, high_open=True)
         _check_float(self.weight_decay, "weight_decay", 0.0, 1.0)
         _check_float(self.dropout, "dropout", 0.0, 1.0, high_open=True)
         _check_float(self.label_smoothing, "label_smoothing", 0.0, 1.0, high_open=True)
-        _check_float(self.discriminative_lr_decay, "discriminative_lr_decay", 0.0, 1.0, low_open=True)
+        if self.discriminative_lr_decay is not None:
+            _check_float(self.discriminative_lr_decay, "discriminative_lr_decay", 0.0, 1.0, low_open=True)
         if self.max_norm is not None:
             _check_float(self.max_norm, "max_norm", 0.0, 1e6, low_open=True)
         for name in self.augment:

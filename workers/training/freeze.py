@@ -74,10 +74,16 @@ class FreezeSchedule:
         lr = base_lr * self.lr_decay ** self.depth(index)
         return {"params": list(self.stages[index].parameters()), "lr": lr, "base_lr": lr, "name": f"stage{index}"}
 
-    def set_train_mode(self, model: nn.Module) -> None:
+    def set_train_mode(self, model: nn.Module, *, bn_eval: bool = False) -> None:
         """``model.train()`` but frozen stages stay in eval mode: their BatchNorm statistics must not drift
-        (and the cached activations of the cached path were computed in eval mode)."""
+        (and the cached activations of the cached path were computed in eval mode). ``bn_eval``: every
+        BatchNorm in eval mode, also in the stages that train (their affine parameters still learn): small
+        batches of a small dataset would otherwise overwrite the pretrained statistics."""
         model.train()
         for i, stage in enumerate(self.stages):
             if i not in self._unfrozen:
                 stage.eval()
+        if bn_eval:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()

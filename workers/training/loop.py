@@ -1,6 +1,9 @@
 """The fine-tuning loop (the model side, after Lightning's ``LightningModule``/``Trainer``): a new head on a
-registered backbone, the freeze schedule, one of the two data paths, the optimizer and LR schedule, early
-stopping on validation loss with the best epoch's weights kept, checkpoints every epoch and an exact resume.
+registered backbone — by default the linear probe of the training split folded into it (LP-FT), so epoch 0
+is the probe — the freeze schedule, one of the two data paths, the optimizer with a warm-up + cosine
+schedule and discriminative rates (or a learning-rate range test for ``lr: "auto"``), the best epoch by the
+monitored validation metric kept (epoch 0, the probe, among the candidates), early stopping, checkpoints
+every epoch and an exact resume.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,24 +23,31 @@ from core.errors import InvalidInput
 from workers.backbones.network import BackboneModel
 from workers.backbones.spec import BackboneSpec
 from workers.training import rng
-from workers.training.augment import rgb_pca
+from workers.training.augment import batch_transform, rgb_pca
 from workers.training.callbacks import Callbacks
 from workers.training.config import FinetuneConfig
 from workers.training.data import Samples, class_names, decode
 from workers.training.datapaths import AugmentedPath, CachedPath, DataPath, ImageData
 from workers.training.device import Precision, deterministic, pick_device
 from workers.training.freeze import FreezeSchedule
+from workers.training.lr_find import LR_FIND_STEPS, range_test, valley
 from workers.training.new_head import apply_max_norm, new_head
 from workers.training.optim import build_optimizer, lr_factor, set_epoch_lr
+from workers.training.probe import ProbeHead, fit_probe, load_head, pooled_features
 
-CHECKPOINT_FORMAT = 1
+# 2: epoch 0 (the probe) can be the best epoch, the resolved learning rate and the range test are kept.
+# Format 1 checkpoints (random heads, per-epoch schedule) still resume.
+CHECKPOINT_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 
 
 @dataclass
 class FinetuneResult:
     """``model``: the backbone wrapper with its new head, best epoch's weights, eval mode (its
     ``forward_head(pre_logits=True)`` still gives features); ``state_dict``: the same weights on the CPU,
-    to store; ``best_epoch`` is 1-based like the history rows."""
+    to store; ``best_epoch`` is 1-based like the history rows, 0 when the starting point (the probe) stayed
+    the best; ``initial``: the starting point evaluated on validation (and how the head was initialised);
+    ``lr``: the head's base learning rate (found by the range test when asked, whose curve is ``lr_find``)."""
 
     model: BackboneModel
     classes: list[str]
@@ -45,6 +56,11 @@ class FinetuneResult:
     state_dict: dict[str, torch.Tensor]
     data_path: str
     stopped_early: bool
+    initial: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lr: float = 0.0
+    lr_find: dict[str, Any] | None = None
+    probe: ProbeHead | None = None  # the probe the head started from (None: random head, or a resumed run)
+    refit_on_val: bool = False  # epoch 0 stayed the best and the head is the probe refitted on train + val
 
 
 def finetune(
@@ -60,16 +76,22 @@ def finetune(
     num_workers: int = 0,
     pca: tuple[torch.Tensor, torch.Tensor] | None = None,
     deterministic_algorithms: bool = True,
+    probe_features: np.ndarray | None = None,
+    probe_val_features: np.ndarray | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``spec`` on ``train``, early-stopping on ``val``. ``resume_state`` (a ``save_checkpoint``
     snapshot of the same run) continues after its last epoch with identical results. ``pca``: the
     dataset's :func:`~workers.training.augment.rgb_pca`, computed from ``train`` when needed and not given.
+    ``probe_features``: pooled features of ``train`` (same order) from the feature cache, for the probe that
+    initialises the head (``head_init="probe"``); without them the model computes them itself (eval mode).
+    ``probe_val_features``: the same for ``val``, used when epoch 0 stays the best and ``refit_probe`` refits
+    the probe on train + val.
     Raises ``InvalidInput`` for bad data or settings and ``TrainingCancelled`` when ``should_stop()``."""
     with deterministic(deterministic_algorithms):
         trainer = _Trainer(
             spec, train, val, cfg, callbacks or Callbacks(), pick_device(device), pretrained, num_workers, pca
         )
-        return trainer.fit(resume_state)
+        return trainer.fit(resume_state, probe_features, probe_val_features)
 
 
 class _Trainer:
@@ -99,18 +121,29 @@ class _Trainer:
         if self.precision.cuda:
             self.model.to(memory_format=torch.channels_last)
         cfg.validate(num_stages=len(self.model.stages()))
+        num_stages = len(self.model.stages())
         self.schedule = FreezeSchedule(
-            self.model.stages(), cfg.policy, every=cfg.gradual_every, lr_decay=cfg.discriminative_lr_decay
+            self.model.stages(), cfg.policy, every=cfg.gradual_every, lr_decay=cfg.stage_lr_decay(num_stages)
         )
         self.schedule.freeze_before_training()
-        head_group = {"params": list(self.head.parameters()), "lr": cfg.lr, "base_lr": cfg.lr, "name": "head"}
-        self.optimizer = build_optimizer(cfg, [head_group])
+        self.bn_eval = cfg.resolved_bn_eval()
         self.scaler = self.precision.grad_scaler()
         self.path = self._data_path(train, val, num_workers, pca)
         self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"epoch": 0, "loss": math.inf, "state": None}
+        self.best: dict[str, Any] = {"epoch": 0, "key": [math.inf, math.inf], "state": None}
         self.bad_epochs = 0
         self.stopped = False
+        self.initial: dict[str, Any] = {}
+        self.lr = float(cfg.lr) if not cfg.auto_lr else 0.0  # resolved in fit()
+        self.lr_find: dict[str, Any] | None = None
+        self.probe: ProbeHead | None = None
+        self.probe_inputs: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+        self.optimizer: torch.optim.Optimizer = build_optimizer(
+            cfg, [self._head_group(self.lr or 1.0)], lr=self.lr or 1.0
+        )
+
+    def _head_group(self, lr: float) -> dict[str, Any]:
+        return {"params": list(self.head.parameters()), "lr": lr, "base_lr": lr, "name": "head"}
 
     def _data_path(
         self, train: Samples, val: Samples, num_workers: int, pca: tuple[torch.Tensor, torch.Tensor] | None
@@ -122,6 +155,7 @@ class _Trainer:
             decode(val, prep, self.cb),
             torch.as_tensor(val.labels, dtype=torch.long),
         )
+        self.data = data
         if cfg.resolved_data_path() == "cached":
             return CachedPath(
                 self.model,
@@ -149,8 +183,14 @@ class _Trainer:
 
     # --- the epoch loop -------------------------------------------------------------------------------------
 
-    def fit(self, resume_state: dict[str, Any] | None) -> FinetuneResult:
-        start = self._restore(resume_state) if resume_state is not None else 0
+    def fit(
+        self,
+        resume_state: dict[str, Any] | None,
+        probe_features: np.ndarray | None = None,
+        probe_val_features: np.ndarray | None = None,
+    ) -> FinetuneResult:
+        self.probe_inputs = (probe_features, probe_val_features)
+        start = self._restore(resume_state) if resume_state is not None else self._start(probe_features)
         for epoch in range(start, self.cfg.epochs):
             if self.stopped:
                 break
@@ -163,12 +203,100 @@ class _Trainer:
                 self.cb.on_epoch_end(epoch + 1, dict(row))
         return self._result()
 
+    # --- the starting point: the probe, the learning rate, epoch 0 ------------------------------------------
+
+    def _start(self, probe_features: np.ndarray | None) -> int:
+        """Initialise the head (probe or random), resolve the learning rate, evaluate epoch 0."""
+        started = time.perf_counter()
+        self.initial = {"epoch": 0, "head_init": "random"}
+        if self.cfg.head_init == "probe":
+            self.initial.update(self._init_from_probe(probe_features))
+        if self.cfg.auto_lr:
+            self.lr, self.lr_find = self._find_lr()
+        self.optimizer = build_optimizer(self.cfg, [self._head_group(self.lr)], lr=self.lr)
+        val_loss, val_acc = self._evaluate()
+        self.initial.update(val_loss=val_loss, val_acc=val_acc, seconds=time.perf_counter() - started)
+        if self.initial["head_init"] == "probe" and val_loss is not None:  # the probe is a candidate
+            self._track(-1, self.initial)
+            self.bad_epochs = 0
+        return 0
+
+    def _init_from_probe(self, probe_features: np.ndarray | None) -> dict[str, Any]:
+        if self.model.layout.head or not isinstance(self.head, torch.nn.Linear):
+            return {"head_init": "random", "note": "this backbone's head is not a Linear on pooled features"}
+        source = "cache"
+        if probe_features is None:
+            probe_features, source = self._split_features(train=True), "model"
+        features = np.asarray(probe_features, dtype=np.float32)
+        labels = self.data.train_y.numpy()
+        if features.shape != (len(labels), self.model.num_features):
+            raise InvalidInput(
+                f"probe features are {features.shape}; expected ({len(labels)}, {self.model.num_features})"
+            )
+        self.cb.progress("probe", 0, 1)
+        try:
+            probe = fit_probe(features, labels, list(self.classes), seed=self.cfg.seed)
+        except ValueError as exc:
+            raise InvalidInput(f"cannot fit the linear probe that starts the head: {exc}") from exc
+        load_head(self.head, probe)
+        self.probe = probe
+        self.cb.progress("probe", 1, 1)
+        return {"head_init": "probe", "probe_C": probe.C, "probe_cv_score": probe.cv_score, "features": source}
+
+    def _split_features(self, *, train: bool) -> np.ndarray:
+        """Pooled features of one split's un-augmented images through this very model, in eval mode."""
+        path = self.path
+        if isinstance(path, CachedPath) and path.split.cut == len(self.model.stages()) and not self.model.layout.head:
+            return path.inputs[train].float().cpu().numpy()  # head only: the cache already holds them
+        transform = batch_transform(self.spec.preprocessing, train=False)
+        images, size = (self.data.train_x if train else self.data.val_x), 2 * self.cfg.batch_size
+
+        def batches() -> Any:
+            for start in range(0, len(images), size):
+                self.cb.check_stop()
+                with self.precision.autocast():
+                    yield transform(self.precision.to_device(images[start : start + size]))
+
+        return pooled_features(self.model, batches())
+
+    def _find_lr(self) -> tuple[float, dict[str, Any]]:
+        """The learning-rate range test on the training split from the starting point; the model, the RNG
+        and the optimizer are as before it afterwards."""
+        saved, rng_state = _cpu_copy(self.model.state_dict()), self.generator.get_state()
+        self.schedule.unfreeze_for(0)
+        self.path.set_cut(self.schedule.first_trainable(0))
+        groups = [self._head_group(1.0)] + [self.schedule.param_group(i, 1.0) for i in self.schedule.trainable(0)]
+        optimizer = build_optimizer(self.cfg, groups, lr=1.0)
+        scaler = self.precision.grad_scaler()  # its own: the run's scaler state must not see the test
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> float:
+            self.schedule.set_train_mode(self.model, bn_eval=self.bn_eval)
+            with self.precision.autocast():
+                logits = self.path.forward(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            return float(loss.detach())
+
+        def batches() -> Any:
+            while True:
+                yield from self.path.batches(True)
+
+        curve = range_test(step, optimizer, batches(), steps=LR_FIND_STEPS, check_stop=self.cb.check_stop)
+        self.model.load_state_dict(saved)
+        self.generator.set_state(rng_state)
+        self.schedule.freeze_before_training()
+        lr = valley(curve["lr"], curve["loss"])
+        return lr, {**curve, "suggested": lr, "rule": "valley"}
+
     def _epoch(self, epoch: int) -> dict[str, Any]:
         started = time.perf_counter()
-        self.schedule.unfreeze_for(epoch, self.optimizer, self.cfg.lr)
+        self.schedule.unfreeze_for(epoch, self.optimizer, self.lr)
         self.path.set_cut(self.schedule.first_trainable(epoch))
-        lr = set_epoch_lr(self.optimizer, lr_factor(self.cfg.schedule, epoch, self.cfg.epochs))
-        train_loss, train_acc = self._train_one_epoch()
+        lr = set_epoch_lr(self.optimizer, self._lr_factor(epoch, 0, self.path.num_batches(True)))  # first step's
+        train_loss, train_acc = self._train_one_epoch(epoch)
         val_loss, val_acc = self._evaluate()
         return {
             "epoch": epoch + 1,
@@ -181,11 +309,17 @@ class _Trainer:
             "trainable_stages": self.schedule.num_trainable(epoch),
         }
 
-    def _train_one_epoch(self) -> tuple[float, float]:
-        self.schedule.set_train_mode(self.model)
+    def _lr_factor(self, epoch: int, done: int, num_batches: int) -> float:
+        """The schedule's factor for the step after ``done`` of ``num_batches`` steps of ``epoch``."""
+        step = 1.0 / max(1, num_batches)
+        return lr_factor(self.cfg.schedule, epoch + done * step, self.cfg.epochs, self.cfg.warmup, step)
+
+    def _train_one_epoch(self, epoch: int) -> tuple[float, float]:
+        self.schedule.set_train_mode(self.model, bn_eval=self.bn_eval)
         meter, num_batches = _Meter(self.precision.device), self.path.num_batches(True)
         for done, (x, y) in enumerate(self.path.batches(True), 1):
             self.cb.check_stop()
+            set_epoch_lr(self.optimizer, self._lr_factor(epoch, done - 1, num_batches))
             with self.precision.autocast():
                 logits = self.path.forward(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
@@ -211,21 +345,50 @@ class _Trainer:
             self.cb.progress("val", done, num_batches)
         return meter.result()
 
+    def _monitored(self, row: dict[str, Any]) -> list[float]:
+        """Lower is better: the validation loss, or (minus the validation accuracy, then its loss); the
+        training loss when there is no validation split."""
+        if row.get("val_loss") is None:
+            return [row["train_loss"], 0.0]
+        if self.cfg.monitor == "val_acc":
+            return [-row["val_acc"], row["val_loss"]]
+        return [row["val_loss"], 0.0]
+
     def _track(self, epoch: int, row: dict[str, Any]) -> None:
-        """Early stopping on the validation loss (training loss when there is no validation split)."""
-        monitored = row["val_loss"] if row["val_loss"] is not None else row["train_loss"]
-        if monitored < self.best["loss"]:  # NaN never improves
-            self.best = {"epoch": epoch + 1, "loss": monitored, "state": _cpu_copy(self.model.state_dict())}
+        """The best epoch by the monitored metric, and early stopping on it (``epoch`` -1: the start)."""
+        monitored = self._monitored(row)
+        if all(np.isfinite(monitored)) and monitored < self.best["key"]:  # NaN never improves
+            self.best = {"epoch": epoch + 1, "key": monitored, "state": _cpu_copy(self.model.state_dict())}
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
         patience = self.cfg.early_stopping_patience
         self.stopped = patience > 0 and self.bad_epochs >= patience
 
+    def _refit_probe(self) -> bool:
+        """Epoch 0 stayed the best: nothing trained on the training split beat the probe, so — as the
+        linear-probe strategy does after its C search — the probe is refitted on train + val (C searched
+        again) and becomes the head. The selection was made on a clean validation split; the refit comes after
+        it. Returns whether it happened."""
+        if not (self.cfg.refit_probe and self.initial.get("head_init") == "probe" and len(self.data.val_y)):
+            return False
+        train_x, val_x = self.probe_inputs
+        train_x = self._split_features(train=True) if train_x is None else train_x
+        val_x = self._split_features(train=False) if val_x is None else val_x
+        features = np.concatenate([np.asarray(train_x, np.float32), np.asarray(val_x, np.float32)])
+        labels = np.concatenate([self.data.train_y.numpy(), self.data.val_y.numpy()])
+        try:
+            probe = fit_probe(features, labels, list(self.classes), seed=self.cfg.seed)
+        except ValueError:
+            return False
+        load_head(self.head, probe)
+        return True
+
     def _result(self) -> FinetuneResult:
         if self.best["state"] is not None:
             self.model.load_state_dict(self.best["state"])
-        best_epoch = self.best["epoch"] or len(self.history)
+        best_epoch = self.best["epoch"] if self.best["state"] is not None else len(self.history)
+        refit = best_epoch == 0 and self.best["state"] is not None and self._refit_probe()
         self.model.eval().requires_grad_(False)
         return FinetuneResult(
             model=self.model,
@@ -235,6 +398,11 @@ class _Trainer:
             state_dict=_cpu_copy(self.model.state_dict()),
             data_path=self.path.name,
             stopped_early=self.stopped and len(self.history) < self.cfg.epochs,
+            initial=dict(self.initial),
+            lr=self.lr,
+            lr_find=copy.deepcopy(self.lr_find),
+            probe=self.probe,
+            refit_on_val=refit,
         )
 
     # --- checkpoints --------------------------------------------------------------------------------------------
@@ -256,6 +424,9 @@ class _Trainer:
             "bad_epochs": self.bad_epochs,
             "stopped": self.stopped,
             "rng": rng.capture(self.generator),
+            "initial": dict(self.initial),
+            "lr": self.lr,
+            "lr_find": copy.deepcopy(self.lr_find),
         }
 
     def _restore(self, state: dict[str, Any]) -> int:
@@ -263,26 +434,37 @@ class _Trainer:
         self._check_compatible(state)
         epochs_done = int(state["epoch"])
         self.model.load_state_dict(state["model"])
+        self.lr = float(state.get("lr") or (self.cfg.lr if not self.cfg.auto_lr else 0.0))
+        self.initial = dict(state.get("initial") or {})
+        self.lr_find = copy.deepcopy(state.get("lr_find"))
+        self.optimizer = build_optimizer(self.cfg, [self._head_group(self.lr)], lr=self.lr)
         if epochs_done > 0:  # rebuild the parameter groups the optimizer had, in the same order, then load it
-            self.schedule.unfreeze_for(epochs_done - 1, self.optimizer, self.cfg.lr)
+            self.schedule.unfreeze_for(epochs_done - 1, self.optimizer, self.lr)
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.history = copy.deepcopy(list(state["history"]))
-        self.best = dict(state["best"])
+        best = dict(state["best"])
+        if "key" not in best:  # format 1: the validation loss alone
+            best["key"] = [float(best.pop("loss")), 0.0]
+        self.best = best
         self.bad_epochs, self.stopped = int(state["bad_epochs"]), bool(state["stopped"])
         rng.restore(state["rng"], self.generator)
         return epochs_done
 
     def _check_compatible(self, state: dict[str, Any]) -> None:
+        config = _plain_config(self.cfg)
+        if state.get("format") in READABLE_FORMATS and state.get("format") != CHECKPOINT_FORMAT:
+            config = {k: v for k, v in config.items() if k in (state.get("config") or {})}  # fields it knew
         expected = {
-            "format": CHECKPOINT_FORMAT,
             "backbone": self.spec.name,
-            "config": _plain_config(self.cfg),
+            "config": config,
             "classes": list(self.classes),
             "data_path": self.path.name,
         }
         wrong = [k for k, v in expected.items() if _plain(state.get(k)) != _plain(v)]
+        if state.get("format") not in READABLE_FORMATS:
+            wrong.insert(0, "format")
         if wrong:
             raise InvalidInput(f"the checkpoint belongs to a different run (differs in: {', '.join(wrong)})")
 

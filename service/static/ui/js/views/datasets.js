@@ -1,6 +1,6 @@
 // #/datasets (list + upload) and #/datasets/{id} (counts, rejected files, thumbnails, train, compare).
 
-import { blobURL, getJSON, getPage, postJSON, upload } from "../api.js";
+import { blobURL, getJSON, getPage, postJSON, request, upload } from "../api.js";
 import { barChart } from "../charts.js";
 import { badge, clear, dropZone, fmtDate, fmtPct, h, toast } from "../dom.js";
 import { jobPanel } from "./progress.js";
@@ -98,7 +98,55 @@ export async function renderDataset(root, [id], signal) {
     root.append(h("div", { className: "grid2" }, trainCard(ds, backbones), compareCard(ds, backbones)));
     root.append(await modelsOfDataset(ds, signal));
   }
-  root.append(imagesCard(ds, signal));
+  const similar = ds.status === "ready" ? await similarityCard(ds, signal) : null;
+  if (similar) root.append(similar.card);
+  root.append(imagesCard(ds, signal, similar?.showNeighbours));
+}
+
+/** A thumbnail of an image of the dataset, fetched with the key. */
+function thumb(ds, image, caption, signal) {
+  const img = h("img", { alt: image.file, width: 112, height: 96 });
+  blobURL(`/v1/datasets/${encodeURIComponent(ds.id)}/images/${image.image_id}/thumbnail?size=128`, signal)
+    .then((u) => { img.src = u; signal.addEventListener("abort", () => URL.revokeObjectURL(u)); })
+    .catch((err) => { if (err.name !== "AbortError") img.alt = `thumbnail failed: ${err.message}`; });
+  return h("figure", { className: "thumb", dataset: { imageId: image.image_id, split: image.split } }, img,
+    h("figcaption", { title: image.file }, caption));
+}
+
+/** Similar images (pick one in the grid below) and test images that nearly duplicate a training image,
+ * from the dataset's latest ready feature set; null when it has none yet. */
+async function similarityCard(ds, signal) {
+  const sets = (await getJSON("/v1/features?limit=500", { signal })).filter((f) => f.dataset_id === ds.id && f.status === "ready");
+  const card = h("div", { className: "card", id: "similarity" }, h("h2", {}, "Similar images and leakage"));
+  if (!sets.length) {
+    card.append(h("p", { className: "muted" }, "Extract features (or train a linear probe) to search similar images and check the test split for near-duplicates of training images."));
+    return { card, showNeighbours: null };
+  }
+  const fs = sets[sets.length - 1];
+  const { pairs, threshold } = await getJSON(`/v1/features/${fs.id}/near-duplicates`, { signal });
+  const leaks = h("div", { id: "leaks", dataset: { count: pairs.length } },
+    h("p", { className: pairs.length ? "error" : "muted" }, pairs.length
+      ? `${pairs.length} test image(s) nearly duplicate a training image (cosine distance ≤ ${threshold}, and nearer than half the next one): they flatter the test metrics.`
+      : `No test image nearly duplicates a training image (cosine distance ≤ ${threshold}).`),
+    h("div", { className: "thumbs" }, pairs.slice(0, 12).flatMap((p) => [
+      thumb(ds, p.test, `test · ${p.test.label}`, signal), thumb(ds, p.train, `train · ${p.train.label} · ${p.distance.toFixed(3)}`, signal)])));
+  const similar = h("div", { id: "similar" }, h("p", { className: "muted" }, `Pick an image below to see its nearest images (${fs.backbone} features).`));
+  const showNeighbours = async (imageId, file) => {
+    clear(similar).append(h("p", { className: "muted" }, `nearest to ${file}…`));
+    try {
+      const form = new FormData();
+      form.append("image_id", imageId);
+      form.append("k", "8");
+      const { results } = await (await request(`/v1/features/${fs.id}/search`, { method: "POST", body: form, signal })).json();
+      clear(similar).append(h("p", {}, "Nearest to ", h("strong", {}, file), ":"),
+        h("div", { className: "thumbs" }, results[0].neighbours.map((n) => thumb(ds, n, `${n.label} · ${n.split} · ${n.distance.toFixed(3)}`, signal))));
+      similar.scrollIntoView({ block: "nearest" });
+    } catch (err) {
+      if (err.name !== "AbortError") clear(similar).append(h("p", { className: "error" }, err.message));
+    }
+  };
+  card.append(leaks, similar);
+  return { card, showNeighbours };
 }
 
 function stat(k, v) {
@@ -213,7 +261,7 @@ async function modelsOfDataset(ds, signal) {
   return card;
 }
 
-function imagesCard(ds, signal) {
+function imagesCard(ds, signal, onPick) {
   const grid = h("div", { className: "thumbs", id: "thumbnails" });
   const more = h("button", { type: "button", className: "secondary", id: "more-images", hidden: true }, "Load more");
   const split = h("select", { id: "image-split" }, ["", "train", "val", "test"].map((v) => h("option", { value: v }, v || "all splits")));
@@ -238,8 +286,13 @@ function imagesCard(ds, signal) {
       const page = await getPage(url, { signal });
       for (const item of page.items) {
         const img = h("img", { alt: item.file, width: 112, height: 96 });
-        grid.append(h("figure", { className: "thumb", dataset: { imageId: item.id, split: item.split } }, img,
-          h("figcaption", { title: `${item.file} · ${item.split}` }, `${item.label} · ${item.split}`)));
+        const figure = h("figure", { className: "thumb", dataset: { imageId: item.id, split: item.split } }, img,
+          h("figcaption", { title: `${item.file} · ${item.split}` }, `${item.label} · ${item.split}`));
+        if (onPick) {
+          figure.classList.add("pickable");
+          figure.addEventListener("click", () => onPick(item.id, item.file));
+        }
+        grid.append(figure);
         queue.push([img, `/v1/datasets/${encodeURIComponent(ds.id)}/images/${item.id}/thumbnail?size=128`]);
       }
       pump();

@@ -1,0 +1,23 @@
+"""/metrics stays bounded whatever callers send: unknown HTTP methods share one label value."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+
+
+def _series(text: str) -> set[str]:
+    return {line.split(" ")[0] for line in text.splitlines() if line.startswith("tlserve_http")}
+
+
+def test_unknown_methods_are_one_label_value_and_metrics_do_not_grow(db: str) -> None:
+    with TestClient(create_app()) as client:
+        client.request("M00000X", "/v1/datasets")
+        client.get("/metrics")
+        before = _series(client.get("/metrics").text)
+        for i in range(1, 50):
+            assert client.request(f"M{i:05d}X", "/v1/datasets").status_code in (401, 404, 405)
+        after = client.get("/metrics").text
+    assert "M00042X" not in after and 'method="other"' in after
+    assert _series(after) == before  # the counts grow in place; no new series
