@@ -54,6 +54,7 @@ bench: install sample-data
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_first_model.py
 	$(BIN)/python benchmarks/bench_extract.py --memory
+	$(BIN)/python benchmarks/bench_shards.py
 	$(BIN)/python benchmarks/bench_head_fit.py
 	$(BIN)/python benchmarks/bench_predict.py
 	$(BIN)/python benchmarks/bench_load.py

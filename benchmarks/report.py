@@ -33,6 +33,13 @@ DESCRIBE: dict[str, tuple[str, str]] = {
         "The extraction job against the bare engine forward at the same threads and a naive ImageFolder + "
         "DataLoader + eager torch script; a worker's peak memory at 1k and 10k images.",
     ),
+    "shards": (
+        "bench_shards.py --images 2000",
+        "One extraction split into 512-image shards: 2 workers, each one process pinned to its own core, against "
+        "1 such worker, and against an unsharded job on 1 worker; seconds, images/s and the workers' CPU-seconds "
+        "per image (target: 2 workers at least 1.7× one). Other engineers' processes shared the 2 cores: see "
+        "the load average.",
+    ),
     "head_fit": ("bench_head_fit.py", "The logistic head with its C search against a plain GridSearchCV."),
     "predict": (
         "bench_predict.py --requests 200",

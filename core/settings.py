@@ -33,7 +33,13 @@ class Settings(BaseSettings):
     # hub's cache), keyed by weights digest, preprocessing and library versions; "" turns it off.
     graph_cache_dir: Path | None = Field(default_factory=_default_graph_cache_dir)
     warm_backbones: tuple[str, ...] = ("efficientnet_lite0",)  # exported by `tlserve warm` and at worker start
-    storage_url: str | None = None  # default: local folder data_dir/artifacts
+    # Artifact storage: "file:///folder" (default: data_dir/artifacts) or "s3://bucket/prefix" (s3fs; the
+    # standard AWS_* variables give the credentials, s3_endpoint_url points at MinIO or another S3 store).
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None
+    # Local copies of remote objects for libraries that need a path (bounded, least recently used evicted).
+    cache_dir: Path | None = None  # default: data_dir/cache
+    cache_max_bytes: int = Field(2 * 1024**3, ge=0)
 
     # Upload and ingestion limits (hostile input)
     max_upload_bytes: int = 512 * 1024 * 1024
@@ -90,6 +96,9 @@ class Settings(BaseSettings):
     batch_max_size: int = 32  # predict micro-batching: most images in one merged forward pass
     batch_window_s: float = 0.0  # > 0: an idle model waits this long for more requests before running
     inference_threads: int = 1  # threads running forward passes in the API process
+    # An extraction of more images than this is split into shards of about this many images, each a job of
+    # its own that any free worker runs; the feature set is published when every shard has landed. 0: never.
+    extract_shard_images: int = Field(4096, ge=0)
 
     # Load: every default is far above what one user does, so only abuse or overload meets them.
     # Predictions waiting in a model's micro-batch queue (images); beyond it, or after waiting longer than
@@ -150,6 +159,18 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or self.data_dir / "cache"
+
+    @property
+    def storage_is_remote(self) -> bool:
+        return (
+            bool(self.storage_url)
+            and "://" in str(self.storage_url)
+            and not str(self.storage_url).startswith("file://")
+        )
 
     @property
     def broker_is_memory(self) -> bool:

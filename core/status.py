@@ -45,6 +45,7 @@ class ResourceType(StrEnum):
 class JobKind(StrEnum):
     INGEST = "ingest"
     EXTRACT = "extract"
+    EXTRACT_SHARD = "extract_shard"  # one part of a large extraction (a few thousand images)
     FIT = "fit"
     FINETUNE = "finetune"
     COMPARE = "compare"

@@ -17,6 +17,50 @@ POSTGRES_ADMIN_URL = os.environ.get("TLSERVE_TEST_POSTGRES_URL", "postgresql://p
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "tlserve-test",
+    "AWS_SECRET_ACCESS_KEY": "tlserve-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 endpoint on loopback: moto's server mode on a free port, buckets kept in memory.
+
+    It speaks the S3 protocol over HTTP, so s3fs (and boto3) in this process and in subprocesses reach it
+    as they would MinIO. Restart workers around it, never it: its buckets live in its memory."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def make_bucket(endpoint: str) -> str:
+    """A new empty bucket on the endpoint; returns its name."""
+    import boto3
+
+    name = f"tlserve-{uuid.uuid4().hex[:12]}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"],
+        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+    client.create_bucket(Bucket=name)
+    return name
+
+
 def _postgres_reachable() -> bool:
     import psycopg
 
@@ -78,6 +122,7 @@ def reset_caches() -> None:
     reset_settings()
     dispose_engines()
     storage._storage_for.cache_clear()
+    storage._remote_storage.cache_clear()
     # Loaded engines and predictors belong to the old data folder.
     if "workers.runtime.engines" in sys.modules:
         sys.modules["workers.runtime.engines"].clear_engine_cache()

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 TASKS = {
     "ingest": "tlserve.ingest",
     "extract": "tlserve.extract",
+    "extract_shard": "tlserve.extract_shard",
     "fit": "tlserve.fit",
     "compare": "tlserve.compare",
     "finetune": "tlserve.finetune",

@@ -38,12 +38,13 @@ class Deployment:
     logs: Path
     api: subprocess.Popen | None = None
     workers: list[subprocess.Popen] = field(default_factory=list)
+    worker_env: dict[str, str] | None = None  # the workers' environment where it differs from the API's
 
     def start_worker(self, concurrency: int = 1) -> subprocess.Popen:
         log = (self.logs / f"worker-{len(self.workers)}.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "worker", "--queues", "cpu,gpu", "--concurrency", str(concurrency)],
-            env=self.env,
+            env=self.worker_env or self.env,
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -106,14 +107,26 @@ def record_recovery(name: str, seconds: float) -> None:
 
 
 @contextmanager
-def running_deployment(root: Path, db_url: str, broker_url: str, *, worker: bool = True) -> Iterator[Deployment]:
-    """Migrate, make a key, start the API process (and one worker) under default settings; stop them after."""
+def running_deployment(
+    root: Path,
+    db_url: str,
+    broker_url: str,
+    *,
+    worker: bool = True,
+    extra_env: dict[str, str] | None = None,
+    worker_env: dict[str, str] | None = None,
+) -> Iterator[Deployment]:
+    """Migrate, make a key, start the API process (and one worker) under default settings; stop them after.
+
+    ``extra_env`` is added to every process's environment; ``worker_env`` (e.g. another data folder) to the
+    workers' only."""
     env = {
         **os.environ,
         "TLSERVE_DATA_DIR": str(root / "data"),
         "TLSERVE_DATABASE_URL": db_url,
         "TLSERVE_BROKER_URL": broker_url,
         "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
     }
     _run(["migrate"], env)
     key = _run(["keys", "create", "--tenant", "acme"], env).strip().splitlines()[-1]
@@ -121,6 +134,8 @@ def running_deployment(root: Path, db_url: str, broker_url: str, *, worker: bool
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
     dep = Deployment(env=env, data_dir=root / "data", base_url=f"http://127.0.0.1:{port}", api_key=key, logs=logs)
+    if worker_env:
+        dep.worker_env = {**env, **worker_env}
     dep.api = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "api", "--port", str(port)],
         env=env,

@@ -12,6 +12,7 @@ from typing import Any
 BODIES = {
     "ingest": "workers.jobs.ingest:ingest_job",
     "extract": "workers.jobs.extract:extract_job",
+    "extract_shard": "workers.jobs.extract:extract_shard_job",
     "fit": "workers.jobs.fit:fit_job",
     "compare": "workers.jobs.compare:compare_job",
     "finetune": "workers.jobs.finetune:finetune_job",
