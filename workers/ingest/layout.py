@@ -16,6 +16,7 @@ from workers.ingest.names import UnsafePath, safe_path
 from workers.ingest.records import Rejection
 
 LABELS_CSV = "labels.csv"
+UNLABELLED_FOLDER = "_unlabelled"  # at the class level: images without a label yet, to rank for labelling
 
 
 @dataclass
@@ -41,8 +42,9 @@ def find_labels_csv(paths: Sequence[PurePosixPath]) -> PurePosixPath | None:
 
 
 def folder_layout(paths: Sequence[PurePosixPath]) -> Layout:
-    """Label = the folder a file sits in. A single top-level folder that itself holds the class folders is
-    a wrapper, not a class, and is stripped first."""
+    """Label = the folder a file sits in; a file in a folder ``_unlabelled`` gets the empty label (the
+    pool). A single top-level folder that itself holds the class folders is a wrapper, not a class, and
+    is stripped first."""
     top = single_top_folder(paths)
     if top is not None and not any(len(p.parts) >= 3 for p in paths):
         top = None  # "cats/a.png, cats/b.png": the top folder *is* the (only) class
@@ -53,6 +55,9 @@ def folder_layout(paths: Sequence[PurePosixPath]) -> Layout:
             layout.rejected.append(
                 Rejection(str(path), "not inside a class folder: put each image in a folder named after its class")
             )
+            continue
+        if rel.parts[-2] == UNLABELLED_FOLDER:
+            layout.labels[path] = ""  # the version's pool: no label, no split
             continue
         try:
             layout.labels[path] = clean_label(rel.parts[-2])
