@@ -361,6 +361,27 @@ class PredictOut(BaseModel):
     predictions: list[FilePrediction]
 
 
+class Suggestion(BaseModel):
+    image_id: str = Field(description="an unlabelled image of the model's dataset version; label it by this id")
+    file: str
+    label: str = Field(description="the probe's predicted label")
+    score: float = Field(description="the probe's probability of that label")
+    value: float = Field(
+        description="the ranking value: margin (top-1 minus top-2 probability, smallest first), entropy (nats, "
+        "largest first) or coreset (distance of the unit-length features to the nearest labelled or picked image)"
+    )
+
+
+class SuggestionsOut(BaseModel):
+    model_id: str
+    dataset_id: str
+    dataset_version: int
+    strategy: str
+    k: int
+    pool_size: int = Field(description="unlabelled images ranked (those labelled in a later version left out)")
+    suggestions: list[Suggestion]
+
+
 class Neighbour(BaseModel):
     image_id: str
     file: str
