@@ -18,11 +18,15 @@ def client(db: str) -> TestClient:
         yield c
 
 
-def _upload_with_pool(client: TestClient, key: str) -> dict:
-    """Digits 0–2, 8 labelled images each, and 6 more (of any class) in ``_unlabelled/``."""
+def _images() -> tuple[list[tuple[str, str, bytes]], list[tuple[str, str, bytes]]]:
+    """(labelled, pool): digits 0–2, 8 images each, and 6 images of 3 and 4."""
     pngs = list(iter_labelled_pngs("digits", 10, seed=1))
-    labelled = [p for p in pngs if p[1] in {"0", "1", "2"}][:24]
-    pool = [p for p in pngs if p[1] in {"3", "4"}][:6]
+    return [p for p in pngs if p[1] in {"0", "1", "2"}][:24], [p for p in pngs if p[1] in {"3", "4"}][:6]
+
+
+def _upload_with_pool(client: TestClient, key: str) -> dict:
+    """Digits 0–2, 8 labelled images each, and 6 more (of other classes) in ``_unlabelled/``."""
+    labelled, pool = _images()
     entries = {f"digits/{lb}/{n}": d for n, lb, d in labelled} | {f"digits/_unlabelled/{n}": d for n, _, d in pool}
     body = upload_dataset(client, key, zip_bytes(entries), test_fraction=0.25, val_fraction=0.0).json()
     assert wait_for_job(client, body["job_id"], key)["status"] == "succeeded"
@@ -54,6 +58,20 @@ def test_files_added_without_labels_join_the_pool(client: TestClient, api_key: s
     assert wait_for_job(client, resp.json()["job_id"], api_key)["status"] == "succeeded"
     v2 = client.get(f"/v1/datasets/{ds['id']}", headers=auth(api_key)).json()
     assert v2["unlabelled"] == 6 + len(extra) and v2["classes"] == ds["classes"] and v2["splits"] == ds["splits"]
+
+    labelled, pool = _images()  # a labelled image again without a label, a pool image again with one
+    again = [("files", ("old-labelled.png", labelled[0][2], "image/png"))]
+    resp = client.post(f"/v1/datasets/{ds['id']}/images", headers=auth(api_key), files=again)
+    assert wait_for_job(client, resp.json()["job_id"], api_key)["status"] == "succeeded"
+    again = [("files", ("old-pool.png", pool[0][2], "image/png"))]
+    resp = client.post(f"/v1/datasets/{ds['id']}/images", headers=auth(api_key), files=again, data={"labels": "3"})
+    assert wait_for_job(client, resp.json()["job_id"], api_key)["status"] == "succeeded"
+    v3 = client.get(f"/v1/datasets/{ds['id']}?version=3", headers=auth(api_key)).json()
+    v4 = client.get(f"/v1/datasets/{ds['id']}", headers=auth(api_key)).json()
+    reason = f"same content as an image already in the dataset, labelled {labelled[0][1]!r}"
+    assert v3["rejected"] == [{"file": "old-labelled.png", "reason": reason}]
+    assert "label it with POST /v1/datasets/" in v4["rejected"][0]["reason"]
+    assert v4["unlabelled"] == v2["unlabelled"] and v4["classes"] == ds["classes"]
 
 
 def test_labelling_pool_images_makes_a_new_version_and_moves_nothing_else(client: TestClient, api_key: str) -> None:

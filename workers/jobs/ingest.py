@@ -114,12 +114,14 @@ def _store_images(
             if sha in accepted or sha in known:
                 before = accepted[sha].label if sha in accepted else known[sha]
                 other = accepted[sha].filename if sha in accepted else "an image already in the dataset"
-                if sha in known and before == ds.UNLABELLED:
+                if sha in known and before == ds.UNLABELLED and member.label != ds.UNLABELLED:
                     reason = (
                         "same content as an unlabelled image already in the dataset: label it with "
-                        "POST /v1/datasets/{id}/labels"
+                        f"POST /v1/datasets/{dataset_id}/labels"
                     )
                     rejected.append({"file": member.name, "reason": reason})
+                elif member.label == ds.UNLABELLED and before != ds.UNLABELLED:
+                    rejected.append({"file": member.name, "reason": f"same content as {other}, labelled {before!r}"})
                 elif before != member.label:
                     reason = f"same content as {other} but labelled {member.label!r} instead of {before!r}"
                     rejected.append({"file": member.name, "reason": reason})
