@@ -48,11 +48,13 @@ def k_center_greedy(pool: np.ndarray, labelled: np.ndarray, k: int) -> tuple[np.
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     centres = labelled if len(labelled) else pool.mean(axis=0, keepdims=True)
     nearest = _min_distance(pool, centres)
+    sq = (pool.astype(np.float64) ** 2).sum(axis=1)
     picked, values = np.zeros(k, dtype=np.int64), np.zeros(k)
     for step in range(k):
         i = int(np.argmax(nearest))  # the first of equals: deterministic
         picked[step], values[step] = i, float(nearest[i])
-        nearest = np.minimum(nearest, np.linalg.norm(pool - pool[i], axis=1))
+        d2 = sq + sq[i] - 2.0 * (pool @ pool[i]).astype(np.float64)  # one matrix-vector product per pick
+        nearest = np.minimum(nearest, np.sqrt(np.maximum(d2, 0.0)))
         nearest[i] = -1.0  # never picked twice (a duplicate of a picked point sits at 0 and follows it)
     return picked, values
 
@@ -61,8 +63,9 @@ def _min_distance(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     sq_c = (centres.astype(np.float64) ** 2).sum(axis=1)
     out = np.empty(len(points))
     for start in range(0, len(points), _CHUNK):
-        block = points[start : start + _CHUNK].astype(np.float64)
-        d2 = (block**2).sum(axis=1)[:, None] + sq_c[None, :] - 2.0 * block @ centres.T.astype(np.float64)
+        block = points[start : start + _CHUNK]
+        cross = (block @ centres.T).astype(np.float64)  # float32 product: the bulk of the work
+        d2 = (block.astype(np.float64) ** 2).sum(axis=1)[:, None] + sq_c[None, :] - 2.0 * cross
         out[start : start + _CHUNK] = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
     return out
 
