@@ -51,7 +51,7 @@ lint: install
 	$(BIN)/ruff check .
 
 bench: install sample-data
-	for b in ingest first_model extract head_fit predict load search finetune quality; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
+	for b in ingest first_model extract head_fit predict load search active finetune quality; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache
