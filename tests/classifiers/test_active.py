@@ -87,3 +87,11 @@ def test_uncertainty_sampling_finds_the_probe_s_mistakes_on_real_digits(digits) 
     for strategy in ("margin", "entropy"):
         order, _ = rank(strategy, 100, probs=probs)
         assert wrong[order].mean() > 2 * wrong.mean(), strategy
+
+
+@pytest.mark.parametrize("strategy", ["margin", "entropy", "coreset"])
+def test_an_empty_pool_ranks_nothing(strategy: str) -> None:
+    order, values = rank(
+        strategy, 5, probs=np.zeros((0, 3)), pool_features=np.zeros((0, 4)), labelled_features=np.ones((2, 4))
+    )
+    assert order.tolist() == [] and values.tolist() == []

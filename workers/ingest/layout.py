@@ -69,7 +69,8 @@ def folder_layout(paths: Sequence[PurePosixPath]) -> Layout:
 def csv_layout(
     text: str, csv_path: PurePosixPath, images: Sequence[PurePosixPath], present: Set[PurePosixPath]
 ) -> Layout:
-    """Labels from ``labels.csv``; its paths are relative to the CSV's folder. ``images`` are the files
+    """Labels from ``labels.csv``; its paths are relative to the CSV's folder, and unlisted files in a folder
+    ``_unlabelled`` beside it get the empty label (the pool). ``images`` are the files
     that want a label, ``present`` every path in the archive (so a listed file that was refused for
     another reason is not also reported as missing)."""
     layout = Layout("labels_csv")
@@ -102,7 +103,11 @@ def csv_layout(
             layout.rejected.append(
                 Rejection(str(path), f"listed in labels.csv more than once, with different labels: {sorted(labels)}")
             )
-    layout.rejected += [Rejection(str(p), "not listed in labels.csv") for p in images if p not in seen]
+    pool = csv_path.parent / UNLABELLED_FOLDER  # unlisted files in _unlabelled/ beside labels.csv: the pool
+    layout.labels |= {p: "" for p in images if p not in seen and p.parent == pool}
+    layout.rejected += [
+        Rejection(str(p), "not listed in labels.csv") for p in images if p not in seen and p.parent != pool
+    ]
     return layout
 
 
