@@ -92,6 +92,19 @@ def test_bad_parameters_are_refused(env, params: dict, status: int, words: str) 
     assert resp.status_code == status and words in resp.text
 
 
+def test_fine_tuning_ignores_the_pool_and_a_fine_tuned_model_gets_no_suggestions(env) -> None:
+    client, key, ds, model, _ = env
+    finetune = {"epochs": 1, "unfreeze": "all", "batch_size": 16, "early_stopping_patience": 0}
+    body = {"dataset_id": ds["id"], "backbone": "lenet5", "strategy": "finetune", "finetune": finetune}
+    resp = client.post("/v1/models", headers=auth(key), json=body)
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job_id"], key, timeout=600)["status"] == "succeeded"
+    tuned = client.get(f"/v1/models/{resp.json()['id']}", headers=auth(key)).json()
+    assert tuned["labels"] == model["labels"] and "" not in tuned["metrics"]["labels"]
+    resp = client.get(f"/v1/models/{tuned['id']}/suggestions", headers=auth(key))
+    assert resp.status_code == 409 and "linear probe" in resp.json()["error"]["message"]
+
+
 def test_labelling_suggestions_makes_a_version_a_new_probe_trains_on(env) -> None:
     client, key, ds, model, truth = env
     found = _suggest(client, key, model["id"], strategy="margin", k=10)["suggestions"]
