@@ -59,6 +59,7 @@ bench: install sample-data
 	$(BIN)/python benchmarks/bench_predict.py
 	$(BIN)/python benchmarks/bench_load.py
 	$(BIN)/python benchmarks/bench_search.py
+	$(BIN)/python benchmarks/bench_active.py
 	$(BIN)/python benchmarks/bench_finetune.py
 	$(BIN)/python benchmarks/bench_quality.py
 	$(BIN)/python benchmarks/report.py

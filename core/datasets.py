@@ -18,6 +18,15 @@ from core.tables import Dataset, DatasetVersion, FeatureSet, Image, Job
 
 ACTIVE_RESOURCE = (ResourceStatus.QUEUED, ResourceStatus.RUNNING)
 
+# An image without a label (a folder ``_unlabelled/`` in the zip, or files added without labels) is in the
+# version's *pool*: ``Image.split == POOL`` and ``Image.label == UNLABELLED``. It belongs to no split and no
+# class; whatever reads labels (class counts, splits, feature downloads, probes, fine-tuning, compare)
+# leaves it out, and labelling it (``POST /v1/datasets/{id}/labels``) makes a new version.
+POOL = "pool"
+UNLABELLED = ""
+LABELLED_SPLITS = ("train", "val", "test")
+MAX_LABELS_PER_REQUEST = 10_000
+
 
 def check_split_params(val_fraction: float, test_fraction: float) -> None:
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -161,11 +170,53 @@ def ready_version(session: Session, tenant_id: str, dataset_id: str, number: int
     return version
 
 
-def version_images(session: Session, version_id: str, split: str | None = None) -> list[Image]:
+def version_images(session: Session, version_id: str, split: str | None = None, *, pool: bool = True) -> list[Image]:
+    """The images of a version (of one split); ``pool=False`` leaves the unlabelled ones out."""
     stmt = select(Image).where(Image.version_id == version_id)
     if split is not None:
         stmt = stmt.where(Image.split == split)
+    if not pool:
+        stmt = stmt.where(Image.split != POOL)
     return list(session.scalars(stmt.order_by(Image.sha256)))
+
+
+def pool_labels(session: Session, dataset: Dataset, labels: dict[str, str]) -> dict[str, str]:
+    """``labels`` (image id → label; ids of any version of ``dataset``) checked against its latest version's
+    pool and keyed by content hash, so an id from the version a model was trained on still names its image
+    in a later version. Raises ``InvalidInput`` naming what to fix."""
+    if not labels:
+        raise InvalidInput('labels is empty: send {"labels": {"<image id>": "<label>", ...}}')
+    if len(labels) > MAX_LABELS_PER_REQUEST:
+        raise InvalidInput(f"{len(labels)} labels in one request; the limit is {MAX_LABELS_PER_REQUEST}")
+    parent = latest_ready_version(session, dataset.id)
+    if parent is None:
+        raise Conflict(f"dataset {dataset.id!r} has no ready version yet; wait for its ingestion job to finish")
+    stmt = (
+        select(Image.id, Image.sha256)
+        .join(DatasetVersion, Image.version_id == DatasetVersion.id)
+        .where(DatasetVersion.dataset_id == dataset.id, Image.id.in_(list(labels)))
+    )
+    sha_of = {i: sha for i, sha in session.execute(stmt)}
+    if unknown := [i for i in labels if i not in sha_of]:
+        raise InvalidInput(f"no such image in dataset {dataset.id!r}: {', '.join(map(repr, unknown[:5]))}")
+    stmt = select(Image.sha256, Image.split, Image.id).where(
+        Image.version_id == parent.id, Image.sha256.in_(list(set(sha_of.values())))
+    )
+    now = {sha: (split, image_id) for sha, split, image_id in session.execute(stmt)}
+    out: dict[str, str] = {}
+    for image_id, label in labels.items():
+        split, _ = now.get(sha_of[image_id], (None, None))
+        if split is None:
+            raise InvalidInput(f"image {image_id!r} is not in version {parent.version} of dataset {dataset.id!r}")
+        if split != POOL:
+            raise InvalidInput(
+                f"image {image_id!r} is already labelled (in {split}) in version {parent.version}; "
+                "only unlabelled images can be labelled here"
+            )
+        if out.get(sha_of[image_id], label) != label:
+            raise InvalidInput(f"image {image_id!r} is given two different labels (through two versions' ids)")
+        out[sha_of[image_id]] = label
+    return out
 
 
 def count_images(session: Session, version_id: str) -> int:

@@ -194,9 +194,10 @@ def load_features(fs: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
 
 
 def labelled_features(session: Session, fs: FeatureSet, version_id: str) -> dict[str, np.ndarray]:
-    """Features joined with one dataset version's labels, ids and splits (never another version's)."""
+    """Features joined with one dataset version's labels, ids and splits (never another version's); the
+    version's unlabelled pool is left out."""
     feats, hashes = load_features(fs)
-    rows = {img.sha256: img for img in ds.version_images(session, version_id)}
+    rows = {img.sha256: img for img in ds.version_images(session, version_id, pool=False)}
     keep = np.array([h in rows for h in hashes], dtype=bool)
     feats, hashes = feats[keep], hashes[keep]
     return {

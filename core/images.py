@@ -39,7 +39,7 @@ def stored_filename(name: str, limit: int = FILENAME_MAX) -> str:
 
 THUMBNAIL_SIZES = (64, 128, 256)
 DEFAULT_THUMBNAIL_SIZE = 128
-Split = Literal["train", "val", "test"]
+Split = Literal["train", "val", "test", "pool"]  # pool: unlabelled images
 
 
 def list_images(

@@ -178,6 +178,7 @@ class DatasetOut(BaseModel):
     classes: dict[str, int]
     splits: dict[str, int]
     rejected: list[dict[str, Any]]
+    unlabelled: int = Field(0, description="images in no split and no class, waiting for a label (the pool)")
     version_id: str | None = None
     job_id: str | None = None
     duplicates: list[dict[str, Any]] = Field(default_factory=list)
@@ -199,6 +200,7 @@ class DatasetOut(BaseModel):
             num_images=version.num_images,
             classes=version.classes,
             splits=version.splits,
+            unlabelled=version.num_images - sum(version.splits.get(k, 0) for k in ("train", "val", "test")),
             rejected=version.rejected,
             duplicates=version.duplicates,
             params={k: v for k, v in version.params.items() if k in ("val_fraction", "test_fraction", "seed")},
@@ -209,12 +211,21 @@ class DatasetOut(BaseModel):
         )
 
 
+class LabelsIn(BaseModel):
+    labels: dict[str, str] = Field(description="image id → label, for unlabelled images of the dataset")
+    split: Literal["train", "stratified"] = Field(
+        "train",
+        description="where the labelled images go: train (they were picked, not sampled, so they stay out of "
+        "val and test), or stratified (whichever split their class lacks)",
+    )
+
+
 class ImageOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
     file: str = Field(validation_alias="filename", description="path of the file in the upload")
     label: str
-    split: str = Field(description="train, val or test")
+    split: str = Field(description="train, val or test; pool for an unlabelled image (its label is empty)")
     width: int
     height: int
     format: str
@@ -365,6 +376,27 @@ class FilePrediction(BaseModel):
 class PredictOut(BaseModel):
     model_id: str
     predictions: list[FilePrediction]
+
+
+class Suggestion(BaseModel):
+    image_id: str = Field(description="an unlabelled image of the model's dataset version; label it by this id")
+    file: str
+    label: str = Field(description="the probe's predicted label")
+    score: float = Field(description="the probe's probability of that label")
+    value: float = Field(
+        description="the ranking value: margin (top-1 minus top-2 probability, smallest first), entropy (nats, "
+        "largest first) or coreset (distance of the unit-length features to the nearest labelled or picked image)"
+    )
+
+
+class SuggestionsOut(BaseModel):
+    model_id: str
+    dataset_id: str
+    dataset_version: int
+    strategy: str
+    k: int
+    pool_size: int = Field(description="unlabelled images ranked (those labelled in a later version left out)")
+    suggestions: list[Suggestion]
 
 
 class Neighbour(BaseModel):

@@ -37,7 +37,7 @@ def save_files(files: list[UploadFile], labels: list[str], tenant_id: str, job_i
             f"too many files in one request ({len(files)}); the limit is {settings.max_files_per_request}"
         )
     names = [f.filename or f"file{i}" for i, f in enumerate(files)]
-    per_file = labels_for_files(names, labels)
+    per_file = labels_for_files(names, labels) if labels else [""] * len(names)  # no labels: the pool
     storage = get_storage()
     prefix = upload_prefix(tenant_id, job_id)
     entries = []

@@ -585,6 +585,25 @@ def models_show(model_id: str, fmt: str) -> None:
         console.print(table)
 
 
+@models.command("suggest")
+@click.argument("model_id")
+@click.option("-k", "k", type=click.IntRange(1, 1000), default=20, show_default=True, help="how many images")
+@click.option("--strategy", type=click.Choice(["margin", "entropy", "coreset"]), default="margin", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def models_suggest(model_id: str, k: int, strategy: str, fmt: str) -> None:
+    """The unlabelled images of MODEL_ID's dataset to label next, best first (a linear probe's ranking)."""
+    found = _client().models.suggest(model_id, k=k, strategy=strategy)
+    if fmt == "json":
+        click.echo(json.dumps({"suggestions": found}, indent=2))
+        return
+    table = Table()
+    for col in ("image id", "file", "predicted", "score", strategy):
+        table.add_column(col)
+    for s in found:
+        table.add_row(s["image_id"], s["file"], s["label"], f"{s['score']:.3f}", f"{s['value']:.4f}")
+    _console(err=False).print(table)
+
+
 @models.command("export")
 @click.argument("model_id")
 @click.option(

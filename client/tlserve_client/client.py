@@ -192,6 +192,12 @@ class Datasets(_Resource):
         form = {"labels": [labels] if isinstance(labels, str) else list(labels)}
         return cast(Accepted, self._c._json("POST", f"/v1/datasets/{dataset_id}/images", files=files, data=form))
 
+    def label(self, dataset_id: str, labels: dict[str, str], split: str = "train") -> Accepted:
+        """Label unlabelled images (image id → label): a new version with them in ``train`` (or, with
+        ``split="stratified"``, in whichever split their class lacks). Returns the ingestion job."""
+        body = {"labels": dict(labels), "split": split}
+        return cast(Accepted, self._c._json("POST", f"/v1/datasets/{dataset_id}/labels", json=body))
+
     def list(self) -> list[Dataset]:
         return cast(list[Dataset], self._c._list("/v1/datasets"))
 
@@ -319,6 +325,13 @@ class Models(_Resource):
         """Predictions for images given as paths, bytes, ``(name, bytes)`` pairs or PIL images, in order.
         A file that cannot be read gets an ``error`` instead of a label. Sent ``MAX_SYNC_FILES`` at a time."""
         return self._c._predict(f"/v1/models/{model_id}/predict", images, top_k)
+
+    def suggest(self, model_id: str, k: int = 20, strategy: str = "margin") -> list[dict[str, Any]]:
+        """The ``k`` unlabelled images of a linear probe's dataset to label first (``margin``, ``entropy`` or
+        ``coreset``), best first: ``image_id``, ``file``, the predicted ``label`` and ``score``, ``value``."""
+        params = {"k": k, "strategy": strategy}
+        body = self._c._json("GET", f"/v1/models/{model_id}/suggestions", params=params)
+        return cast(list[dict[str, Any]], body["suggestions"])
 
     def export(self, model_id: str, dest: str | os.PathLike[str], format: str = "onnx") -> Path:
         """Save the model as one self-contained ONNX graph (uint8 images in, class probabilities out; class

@@ -8,15 +8,17 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile,
 
 from core import datasets as ds
 from core import usage
+from core.errors import InvalidInput
 from core.jobs import create_job
 from core.keys import upload_key
 from core.status import JobKind, ResourceType
 from core.storage import get_storage
 from service.deps import SessionDep, SettingsDep, TenantDep
 from service.pagination import PageDep, set_link_header
-from service.schemas import DatasetCreated, DatasetOut
+from service.schemas import DatasetCreated, DatasetOut, LabelsIn
 from service.uploads import save_archive, save_files
 from workers.dispatch import submit
+from workers.ingest.labels import LabelError, clean_label
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -52,7 +54,9 @@ def add_images(
     tenant_id: TenantDep,
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File(description="image files")],
-    labels: Annotated[list[str], Form(description="one label per file, or one label for all")],
+    labels: Annotated[
+        list[str] | None, Form(description="one label per file, or one label for all; none: unlabelled images")
+    ] = None,
 ) -> DatasetCreated:
     dataset = ds.get_dataset(session, tenant_id, dataset_id)
     usage.check_storage(session, tenant_id, sum(f.size or 0 for f in files))
@@ -60,7 +64,7 @@ def add_images(
     job = create_job(
         session, tenant_id=tenant_id, kind=JobKind.INGEST, resource_type=ResourceType.DATASET, resource_id=dataset.id
     )
-    manifest_key = save_files(files, labels, tenant_id, job.id, settings)
+    manifest_key = save_files(files, labels or [], tenant_id, job.id, settings)
     job.params = {
         "mode": "files",
         "manifest_key": manifest_key,
@@ -71,6 +75,36 @@ def add_images(
     version.job_id = job.id
     submit(session, job)
     return DatasetCreated(id=dataset.id, job_id=job.id, status=version.status, version=version.version)
+
+
+@router.post("/{dataset_id}/labels", status_code=status.HTTP_202_ACCEPTED, response_model=DatasetCreated)
+def label_images(dataset_id: str, body: LabelsIn, session: SessionDep, tenant_id: TenantDep) -> DatasetCreated:
+    """Label unlabelled images (image id → label): a new immutable version where they are in ``train``
+    (or, with ``split: "stratified"``, in whichever split their class lacks); nothing else moves."""
+    dataset = ds.get_dataset(session, tenant_id, dataset_id)
+    labels = ds.pool_labels(session, dataset, {i: _clean(i, label) for i, label in body.labels.items()})
+    version = ds.new_version(session, dataset)
+    job = create_job(
+        session, tenant_id=tenant_id, kind=JobKind.INGEST, resource_type=ResourceType.DATASET, resource_id=dataset.id
+    )
+    job.params = {
+        "mode": "labels",
+        "labels": labels,
+        "label_split": body.split,
+        "dataset_id": dataset.id,
+        "version_id": version.id,
+        **{k: version.params.get(k) for k in ("val_fraction", "test_fraction", "seed", "parent_version_id")},
+    }
+    version.job_id = job.id
+    submit(session, job)
+    return DatasetCreated(id=dataset.id, job_id=job.id, status=version.status, version=version.version)
+
+
+def _clean(image_id: str, label: str) -> str:
+    try:
+        return clean_label(label)
+    except LabelError as e:
+        raise InvalidInput(f"label for image {image_id!r}: {e}") from None
 
 
 @router.get("", response_model=list[DatasetOut])

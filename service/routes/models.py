@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from core import models as mdl
@@ -12,10 +12,11 @@ from core.settings import Settings
 from core.storage import get_storage
 from service.deps import SessionDep, SettingsDep, TenantDep
 from service.pagination import PageDep, set_link_header
-from service.schemas import CompareRequest, Created, JobRef, ModelOut, ModelRequest, PredictOut
+from service.schemas import CompareRequest, Created, JobRef, ModelOut, ModelRequest, PredictOut, SuggestionsOut
 from service.uploads import read_files, save_archive
 from workers import plan
 from workers.dispatch import submit
+from workers.runtime import suggestions
 from workers.runtime.export import model_graph
 from workers.runtime.inference import decode_files, per_file
 from workers.runtime.serving import PREDICTORS, top_k_rows
@@ -72,6 +73,19 @@ def delete_model(model_id: str, session: SessionDep, tenant_id: TenantDep) -> No
     session.commit()
     PREDICTORS.forget(model_id)
     get_storage().delete_prefix(prefix)
+
+
+@router.get("/{model_id}/suggestions", response_model=SuggestionsOut)
+def suggest(
+    model_id: str,
+    tenant_id: TenantDep,
+    strategy: Literal["margin", "entropy", "coreset"] = "margin",
+    k: Annotated[int, Query(ge=1, le=suggestions.MAX_K)] = 20,
+) -> dict[str, Any]:
+    """The unlabelled images of a linear probe's dataset version to label first: ``margin`` (top-1 minus top-2
+    probability, smallest first), ``entropy`` (largest first) or ``coreset`` (k-center greedy on the cached
+    features, away from the labelled training images). Label them with ``POST /v1/datasets/{id}/labels``."""
+    return suggestions.suggest(tenant_id, model_id, strategy, k)
 
 
 @router.get(

@@ -27,6 +27,7 @@ ROUTES_MAY_USE = {
     "workers.runtime.serving",
     "workers.runtime.export",  # a model as one ONNX graph, built from stored artifacts
     "workers.runtime.similarity",  # nearest images in a feature set
+    "workers.runtime.suggestions",  # unlabelled images to label next, ranked on cached features
     "workers.runtime.inference",
     "workers.ingest",  # uploads are checked in the API before they are stored
     "workers.reaper",  # with memory:// jobs, and so their reaper, run in the API process

@@ -94,6 +94,14 @@ class FakeAPI:
             return httpx.Response(
                 200, json={"predictions": [{"file": "x.png", "label": "0", "score": 0.6, "top_k": []}]}
             )
+        if (method, path) == ("GET", "/v1/models/m_1/suggestions"):
+            self.bodies.append(dict(request.url.params))
+            found = [{"image_id": "img_1", "file": "_unlabelled/a.png", "label": "1", "score": 0.51, "value": 0.02}]
+            body = {"model_id": "m_1", "dataset_id": "ds_1", "dataset_version": 1, "k": 1, "pool_size": 3}
+            return httpx.Response(200, json=body | {"strategy": request.url.params["strategy"], "suggestions": found})
+        if (method, path) == ("POST", "/v1/datasets/ds_1/labels"):
+            self.bodies.append(json.loads(request.read()))
+            return httpx.Response(202, json={"id": "ds_1", "job_id": "job_4", "status": "processing", "version": 2})
         if (method, path) == ("GET", "/v1/jobs"):
             return httpx.Response(200, json=[job("succeeded")])
         return httpx.Response(404, json={"error": {"code": "not_found", "message": f"no such thing: {path}"}})
@@ -242,3 +250,24 @@ def test_login_stores_url_and_key_readable_by_the_owner_alone(api: FakeAPI, monk
     listed = run("jobs", "list", "--format", "json")  # no environment: the config file is used
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.stdout)[0]["id"] == "job_1"
+
+
+def test_models_suggest_asks_for_k_and_the_strategy_and_prints_the_ranking(api: FakeAPI) -> None:
+    result = run("models", "suggest", "m_1", "-k", "1", "--strategy", "entropy")
+    assert result.exit_code == 0, result.output
+    assert api.bodies[-1] == {"k": "1", "strategy": "entropy"}
+    assert "img_1" in result.stdout and "_unlabelled/a.png" in result.stdout and "0.0200" in result.stdout
+    result = run("models", "suggest", "m_1", "--format", "json")
+    assert json.loads(result.stdout)["suggestions"][0]["image_id"] == "img_1"
+    assert api.bodies[-1] == {"k": "20", "strategy": "margin"}
+
+
+def test_models_suggest_refuses_an_unknown_strategy_before_asking(api: FakeAPI) -> None:
+    result = run("models", "suggest", "m_1", "--strategy", "random")
+    assert result.exit_code != 0 and not any(p.endswith("/suggestions") for _, p in api.requests)
+
+
+def test_the_client_labels_images_into_a_new_version(api: FakeAPI) -> None:
+    client = Client("http://tlserve.test", "tls_good_key", transport=httpx.MockTransport(api))
+    accepted = client.datasets.label("ds_1", {"img_1": "cat"})
+    assert accepted["version"] == 2 and api.bodies[-1] == {"labels": {"img_1": "cat"}, "split": "train"}

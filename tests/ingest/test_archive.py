@@ -79,6 +79,14 @@ def test_label_is_the_immediate_parent_folder() -> None:
     assert labels_of(members) == {"animals/cats/indoor/a.png": "indoor", "animals/dogs/b.png": "dogs"}
 
 
+def test_an_unlabelled_folder_at_the_class_level_gives_images_without_a_label() -> None:
+    entries = [*digits_tree(classes=(0, 1), per_class=1, prefix="data/"), ("data/_unlabelled/u.png", encode(digit(2)))]
+    members, rejected = read(make_zip(entries))
+    assert labels_of(members) == {name: name.split("/")[1].replace("_unlabelled", "") for name, _ in entries}
+    assert labels_of(members)["data/_unlabelled/u.png"] == ""
+    assert not rejected
+
+
 def test_file_at_root_is_not_in_a_class_folder() -> None:
     members, rejected = read(make_zip([*GOOD, ("loose.png", encode(digit(5)))]))
     assert {m.name for m in members} == GOOD_NAMES

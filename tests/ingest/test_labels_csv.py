@@ -38,6 +38,14 @@ def test_missing_unlisted_and_empty_label_are_each_reported() -> None:
     }
 
 
+def test_unlisted_files_in_an_unlabelled_folder_beside_the_csv_have_no_label() -> None:
+    csv = "path,label\nimg/0.png,zero\n"
+    pool = [("data/_unlabelled/a.png", encode(digit(1))), ("data/_unlabelled/deep/b.png", encode(digit(2)))]
+    members, rejected, _ = read([("data/labels.csv", csv.encode()), ("data/img/0.png", IMAGES[0][1]), *pool])
+    assert members == {"data/img/0.png": "zero", "data/_unlabelled/a.png": ""}
+    assert rejected == {"data/_unlabelled/deep/b.png": "not listed in labels.csv"}
+
+
 def test_extra_columns_in_any_order() -> None:
     csv = "label,source,path\nzero,scan,img/0.png\none,scan,img/1.png\n"
     members, rejected, _ = read([("labels.csv", csv.encode()), *IMAGES[:2]])

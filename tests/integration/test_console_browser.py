@@ -387,3 +387,55 @@ def test_finetune_curves_compare_leaderboard_and_cancel_in_the_browser(
     with deployment.client() as api:
         assert api.get(f"/v1/jobs/{slow['job_id']}", headers=auth(key)).json()["status"] == "cancelled"
     assert page.severe() == []
+
+
+def test_label_next_in_the_browser(browser: Any, deployment: Deployment, request: pytest.FixtureRequest) -> None:
+    """A probe's page ranks the dataset's unlabelled images; labels typed there make a new version."""
+    from selenium.webdriver.support.ui import Select
+
+    db = request.node.callspec.params.get("deployment", "sqlite")
+    page = Page(browser, deployment, ARTIFACTS / db / "label-next")
+    pngs = list(iter_labelled_pngs("digits", 10, seed=3))
+    entries = {f"d/{lb}/{n}": d for n, lb, d in pngs if lb in {"0", "1", "2"}}
+    entries |= {f"d/_unlabelled/{n}": d for n, lb, d in pngs if lb in {"3", "4"}}  # 20 images to label
+    key = auth(deployment.api_key)
+    with deployment.client() as api:
+        resp = api.post(
+            "/v1/datasets", headers=key, files={"archive": ("d.zip", zip_bytes(entries))}, data={"name": "pool"}
+        )
+        dataset_id = resp.json()["id"]
+        assert wait_for_job(api, resp.json()["job_id"], deployment.api_key)["status"] == "succeeded"
+        body = {"dataset_id": dataset_id, "backbone": "efficientnet_lite0", "head": {"C": 1.0}}
+        resp = api.post("/v1/models", headers=key, json=body)
+        model_id = resp.json()["id"]
+        assert wait_for_job(api, resp.json()["job_id"], deployment.api_key)["status"] == "succeeded"
+
+    page.open()
+    page.until(lambda: page.find("#api-key").is_displayed(), "the sign-in form")
+    page.find("#api-key").send_keys(deployment.api_key)
+    page.find("#sign-in").click()
+    page.until(lambda: page.find("#upload-form").is_displayed(), "the datasets page after signing in")
+    page.open(f"#/datasets/{dataset_id}")
+    page.until(lambda: page.find('#dataset-stats [data-stat="unlabelled"] .v').text == "20", "the unlabelled count")
+
+    page.open(f"#/models/{model_id}")
+    page.until(lambda: len(page.find_all("#suggestion-rows tr")) == 20, "20 suggestions")
+    assert "20 of 20 unlabelled images" in page.find("#suggest-note").text
+    Select(page.find("#suggest-strategy")).select_by_value("coreset")
+    page.until(lambda: len(page.find_all("#suggestion-rows tr")) == 20, "the coreset ranking")
+    rows = page.find_all("#suggestion-rows tr")
+    truth = {}  # file → its real class (the sample files are named after it)
+    for row in rows[:2]:
+        file = row.find_element("css selector", "td").text
+        truth[file] = file.rsplit("/", 1)[-1].split("_")[0]
+        row.find_element("css selector", "input.new-label").send_keys(truth[file])
+    page.shot("suggestions")
+    page.find("#label-button").click()
+    page.until(lambda: page.find_all("#label-done"), "the new version", timeout=120)
+    with deployment.client() as api:
+        ds = api.get(f"/v1/datasets/{dataset_id}", headers=key).json()
+        images = api.get(f"/v1/datasets/{dataset_id}/images?split=train&limit=500", headers=key).json()
+    assert ds["version"] == 2 and ds["unlabelled"] == 18
+    assert ds["classes"].get("3", 0) + ds["classes"].get("4", 0) == 2
+    assert {img["file"]: img["label"] for img in images if img["file"] in truth} == truth
+    assert page.severe() == []

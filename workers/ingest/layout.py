@@ -16,6 +16,7 @@ from workers.ingest.names import UnsafePath, safe_path
 from workers.ingest.records import Rejection
 
 LABELS_CSV = "labels.csv"
+UNLABELLED_FOLDER = "_unlabelled"  # at the class level: images without a label yet, to rank for labelling
 
 
 @dataclass
@@ -41,8 +42,9 @@ def find_labels_csv(paths: Sequence[PurePosixPath]) -> PurePosixPath | None:
 
 
 def folder_layout(paths: Sequence[PurePosixPath]) -> Layout:
-    """Label = the folder a file sits in. A single top-level folder that itself holds the class folders is
-    a wrapper, not a class, and is stripped first."""
+    """Label = the folder a file sits in; a file in a folder ``_unlabelled`` gets the empty label (the
+    pool). A single top-level folder that itself holds the class folders is a wrapper, not a class, and
+    is stripped first."""
     top = single_top_folder(paths)
     if top is not None and not any(len(p.parts) >= 3 for p in paths):
         top = None  # "cats/a.png, cats/b.png": the top folder *is* the (only) class
@@ -54,6 +56,9 @@ def folder_layout(paths: Sequence[PurePosixPath]) -> Layout:
                 Rejection(str(path), "not inside a class folder: put each image in a folder named after its class")
             )
             continue
+        if rel.parts[-2] == UNLABELLED_FOLDER:
+            layout.labels[path] = ""  # the version's pool: no label, no split
+            continue
         try:
             layout.labels[path] = clean_label(rel.parts[-2])
         except LabelError as e:
@@ -64,7 +69,8 @@ def folder_layout(paths: Sequence[PurePosixPath]) -> Layout:
 def csv_layout(
     text: str, csv_path: PurePosixPath, images: Sequence[PurePosixPath], present: Set[PurePosixPath]
 ) -> Layout:
-    """Labels from ``labels.csv``; its paths are relative to the CSV's folder. ``images`` are the files
+    """Labels from ``labels.csv``; its paths are relative to the CSV's folder, and unlisted files in a folder
+    ``_unlabelled`` beside it get the empty label (the pool). ``images`` are the files
     that want a label, ``present`` every path in the archive (so a listed file that was refused for
     another reason is not also reported as missing)."""
     layout = Layout("labels_csv")
@@ -97,7 +103,11 @@ def csv_layout(
             layout.rejected.append(
                 Rejection(str(path), f"listed in labels.csv more than once, with different labels: {sorted(labels)}")
             )
-    layout.rejected += [Rejection(str(p), "not listed in labels.csv") for p in images if p not in seen]
+    pool = csv_path.parent / UNLABELLED_FOLDER  # unlisted files in _unlabelled/ beside labels.csv: the pool
+    layout.labels |= {p: "" for p in images if p not in seen and p.parent == pool}
+    layout.rejected += [
+        Rejection(str(p), "not listed in labels.csv") for p in images if p not in seen and p.parent != pool
+    ]
     return layout
 
 

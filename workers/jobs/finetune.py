@@ -102,7 +102,7 @@ def finetune_job(ctx: JobContext) -> dict[str, Any]:
         if model is None:
             raise NotFound("the model was deleted before it was trained")
         model.status = ResourceStatus.RUNNING
-        rows = ds.version_images(s, model.version_id)
+        rows = ds.version_images(s, model.version_id, pool=False)
         s.expunge_all()
     from workers.training.config import FinetuneConfig
     from workers.training.loop import finetune

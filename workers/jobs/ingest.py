@@ -55,6 +55,9 @@ def _open_members(ctx: JobContext) -> Iterator[tuple[int, Iterator[Member], list
             contents = read_archive(fh, ArchiveLimits.from_settings(get_settings()))
             yield contents.expected, contents.members, contents.rejected
         return
+    if ctx.params["mode"] == "labels":  # labels for images already stored: nothing to read
+        yield 0, iter(()), []
+        return
     files = json.loads(storage.get_bytes(ctx.params["manifest_key"]))["files"]
     stream = (Member(name=f["filename"], label=f["label"], data=storage.get_bytes(f["key"])) for f in files)
     yield len(files), stream, []
@@ -111,7 +114,15 @@ def _store_images(
             if sha in accepted or sha in known:
                 before = accepted[sha].label if sha in accepted else known[sha]
                 other = accepted[sha].filename if sha in accepted else "an image already in the dataset"
-                if before != member.label:
+                if sha in known and before == ds.UNLABELLED and member.label != ds.UNLABELLED:
+                    reason = (
+                        "same content as an unlabelled image already in the dataset: label it with "
+                        f"POST /v1/datasets/{dataset_id}/labels"
+                    )
+                    rejected.append({"file": member.name, "reason": reason})
+                elif member.label == ds.UNLABELLED and before != ds.UNLABELLED:
+                    rejected.append({"file": member.name, "reason": f"same content as {other}, labelled {before!r}"})
+                elif before != member.label:
                     reason = f"same content as {other} but labelled {member.label!r} instead of {before!r}"
                     rejected.append({"file": member.name, "reason": reason})
                 else:
@@ -142,6 +153,7 @@ def ingest_job(ctx: JobContext) -> dict[str, Any]:
         if params.get("parent_version_id"):
             parent_rows = ds.version_images(s, params["parent_version_id"])
             s.expunge_all()
+    parent_rows = _apply_labels(parent_rows, params.get("labels") or {}, params.get("label_split", "train"))
     known = {row.sha256: row.label for row in parent_rows}
 
     accepted, duplicates = _store_images(ctx, known, rejected)
@@ -152,16 +164,21 @@ def ingest_job(ctx: JobContext) -> dict[str, Any]:
         _record_rejections(version_id, rejected)
         raise InvalidInput(message)
 
-    items = [(r.sha256, r.label) for r in parent_rows] + [(a.sha256, a.label) for a in accepted]
-    existing = {r.sha256: r.split for r in parent_rows}
+    labelled = [(r.sha256, r.label) for r in parent_rows if r.label != ds.UNLABELLED]
+    items = labelled + [(a.sha256, a.label) for a in accepted if a.label != ds.UNLABELLED]
+    existing = {r.sha256: r.split for r in parent_rows if r.split in ds.LABELLED_SPLITS}
     splits = stratified_split(items, params["val_fraction"], params["test_fraction"], params["seed"], existing=existing)
+    splits |= {r.sha256: ds.POOL for r in parent_rows if r.label == ds.UNLABELLED}
+    splits |= {a.sha256: ds.POOL for a in accepted if a.label == ds.UNLABELLED}
     ctx.check_cancelled(force=True)
     _publish(ctx, version_id, dataset_id, parent_rows, accepted, splits, rejected, duplicates)
     _cleanup_upload(ctx)
     counts = Counter(splits.values())
     return {
-        "images": len(items),
+        "images": len(splits),
         "added": len(accepted),
+        "labelled": len(params.get("labels") or {}),
+        "unlabelled": counts.get(ds.POOL, 0),
         "rejected": len(rejected),
         "duplicates": len(duplicates),
         "splits": {k: counts.get(k, 0) for k in ("train", "val", "test")},
@@ -185,7 +202,7 @@ def _publish(
             sha256=r.sha256,
             filename=r.filename,
             label=r.label,
-            split=r.split,
+            split=splits[r.sha256],
             width=r.width,
             height=r.height,
             size_bytes=r.size_bytes,
@@ -210,7 +227,7 @@ def _publish(
         )
         for a in accepted
     ]
-    classes = Counter(row.label for row in rows)
+    classes = Counter(row.label for row in rows if row.split != ds.POOL)
     split_counts = Counter(row.split for row in rows)
     with session_scope() as s:
         s.execute(delete(Image).where(Image.version_id == version_id))  # a redelivered job replaces, never duplicates
@@ -224,6 +241,29 @@ def _publish(
         version.splits = {k: split_counts.get(k, 0) for k in ("train", "val", "test")}
         version.rejected = rejected
         version.duplicates = duplicates
+
+
+def _apply_labels(rows: list[Image], labels: dict[str, str], label_split: str) -> list[Image]:
+    """The parent's rows with the pool images named in ``labels`` (sha256 → label) labelled. Such an image
+    goes to ``train`` (``label_split="train"``: images picked for labelling are not a random sample, so
+    they stay out of the splits that measure) or, with ``"stratified"``, to whichever split its class
+    lacks. Every other image keeps its label and split; a test image never moves. A labelled image is a new
+    detached row; the parent's rows are never changed."""
+    if not labels:
+        return rows
+    found = {r.sha256 for r in rows if r.sha256 in labels and r.split == ds.POOL}
+    if missing := len(set(labels) - found):
+        raise InvalidInput(f"{missing} of the images to label are no longer unlabelled in the latest version")
+    out = []
+    for r in rows:
+        if r.sha256 in labels:
+            split = "train" if label_split == "train" else "new"  # "new": stratified_split places it
+            r = Image(**{c: getattr(r, c) for c in _IMAGE_COLUMNS}, label=labels[r.sha256], split=split)
+        out.append(r)
+    return out
+
+
+_IMAGE_COLUMNS = ("sha256", "filename", "width", "height", "size_bytes", "format", "storage_key", "canonical_key")
 
 
 def _record_rejections(version_id: str, rejected: list[dict[str, str]]) -> None:

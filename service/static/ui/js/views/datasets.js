@@ -91,6 +91,7 @@ export async function renderDataset(root, [id], signal) {
   root.append(h("div", { className: "card" }, h("div", { className: "stats", id: "dataset-stats" },
     stat("images", ds.num_images), stat("classes", Object.keys(ds.classes || {}).length),
     stat("train", splits.train ?? 0), stat("val", splits.val ?? 0), stat("test", splits.test ?? 0),
+    stat("unlabelled", ds.unlabelled ?? 0),
     stat("rejected", (ds.rejected || []).length), stat("duplicates", (ds.duplicates || []).length))));
   root.append(h("div", { className: "grid2" }, classCard(ds), rejectedCard(ds)));
   if (ds.status === "ready") {
@@ -264,7 +265,7 @@ async function modelsOfDataset(ds, signal) {
 function imagesCard(ds, signal, onPick) {
   const grid = h("div", { className: "thumbs", id: "thumbnails" });
   const more = h("button", { type: "button", className: "secondary", id: "more-images", hidden: true }, "Load more");
-  const split = h("select", { id: "image-split" }, ["", "train", "val", "test"].map((v) => h("option", { value: v }, v || "all splits")));
+  const split = h("select", { id: "image-split" }, ["", "train", "val", "test", "pool"].map((v) => h("option", { value: v }, v === "pool" ? "unlabelled" : v || "all splits")));
   const label = h("select", { id: "image-label" }, ["", ...Object.keys(ds.classes || {}).sort()].map((v) => h("option", { value: v }, v || "all classes")));
   const urls = [];
   signal.addEventListener("abort", () => urls.forEach((u) => URL.revokeObjectURL(u)));

@@ -1,7 +1,7 @@
 // #/models (list, aliases, leaderboards) and #/models/{id} (metrics, confusion heat map, curves, try a
-// prediction, publish under an alias).
+// prediction, publish under an alias, label the unlabelled images a linear probe ranks first).
 
-import { getJSON, isTerminal, request } from "../api.js";
+import { getJSON, isTerminal, postJSON, request } from "../api.js";
 import { confusionHeatmap, scoreBar } from "../charts.js";
 import { badge, clear, dropZone, fmtDate, fmtNum, fmtPct, h } from "../dom.js";
 import { historyCharts, leaderboard } from "./job.js";
@@ -127,6 +127,7 @@ export async function renderModel(root, [id], signal) {
     stat("classes", (model.labels || []).length))));
   const aliases = await getJSON("/v1/aliases", { signal });
   root.append(predictCard(model), aliasCard(model, aliases));
+  if (model.strategy === "linear_probe") root.append(suggestionsCard(model, signal));
   const labels = m.labels || model.labels || [];
   if (m.confusion_matrix) {
     root.append(h("div", { className: "grid2" },
@@ -162,6 +163,64 @@ function lineageCard(model) {
   if (model.strategy === "finetune" && model.params?.finetune) rows.push(["fine-tune", JSON.stringify(model.params.finetune)]);
   return h("div", { className: "card" }, h("h2", {}, "Lineage"),
     h("table", { className: "kv", id: "lineage" }, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", { className: "mono" }, v))))));
+}
+
+// The unlabelled images to label next (GET /v1/models/{id}/suggestions); labels typed here make a new dataset
+// version (POST /v1/datasets/{id}/labels), followed as a job.
+function suggestionsCard(model, signal) {
+  const strategy = h("select", { id: "suggest-strategy" }, ["margin", "entropy", "coreset"].map((v) => h("option", { value: v }, v)));
+  const body = h("tbody", { id: "suggestion-rows" });
+  const note = h("p", { className: "muted", id: "suggest-note" });
+  const error = h("p", { className: "error", id: "suggest-error" });
+  const button = h("button", { type: "submit", id: "label-button" }, "Label and make a new version");
+  const done = h("div", { id: "label-job" });
+  const load = async () => {
+    error.textContent = "";
+    clear(body);
+    try {
+      const r = await getJSON(`/v1/models/${encodeURIComponent(model.id)}/suggestions?k=20&strategy=${strategy.value}`, { signal });
+      note.textContent = r.pool_size
+        ? `${r.suggestions.length} of ${r.pool_size} unlabelled images of dataset version ${r.dataset_version}, best first.`
+        : "The dataset has no unlabelled images: put some in a folder _unlabelled/ of the zip, or add images without labels.";
+      button.hidden = !r.suggestions.length;
+      body.append(...r.suggestions.map((sg) => h("tr", { dataset: { imageId: sg.image_id } },
+        h("td", { className: "mono" }, sg.file), h("td", {}, sg.label), h("td", { className: "num" }, fmtPct(sg.score)),
+        h("td", { className: "num" }, fmtNum(sg.value, 4)),
+        h("td", {}, h("input", { type: "text", className: "new-label", list: "suggest-classes", maxLength: 100, placeholder: sg.label, "aria-label": `label for ${sg.file}` })))));
+    } catch (err) {
+      if (!signal.aborted) error.textContent = err.message;
+    }
+  };
+  strategy.addEventListener("change", load);
+  const form = h("form", { className: "card", id: "suggestions" }, h("h2", {}, "Label next"),
+    h("label", {}, "Ranking ", strategy), note,
+    h("datalist", { id: "suggest-classes" }, (model.labels || []).map((l) => h("option", { value: l }))),
+    h("table", {}, h("thead", {}, h("tr", {}, ["file", "predicted", "score", "value", "label"].map((c) => h("th", {}, c)))), body),
+    error, button, done);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    error.textContent = "";
+    const labels = {};
+    body.querySelectorAll("tr").forEach((tr) => {
+      const value = tr.querySelector("input.new-label").value.trim();
+      if (value) labels[tr.dataset.imageId] = value;
+    });
+    if (!Object.keys(labels).length) { error.textContent = "Type a label for at least one image."; return; }
+    button.disabled = true;
+    try {
+      const accepted = await postJSON(`/v1/datasets/${encodeURIComponent(model.dataset_id)}/labels`, { labels });
+      clear(done).append(jobPanel(accepted.job_id, signal, {
+        title: `Version ${accepted.version}`,
+        onDone: (job) => { if (job.status === "succeeded" && !signal.aborted) clear(done).append(h("p", { id: "label-done" }, `Version ${accepted.version} is made: `, h("a", { href: `#/datasets/${model.dataset_id}` }, "train a new probe on it"), ".")); },
+      }));
+    } catch (err) {
+      error.textContent = err.message;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  load();
+  return form;
 }
 
 function predictCard(model) {
