@@ -122,11 +122,22 @@ def _up(host: str, port: int, queues: str, concurrency: int | None) -> int:
         flush=True,
     )
     helpers = [_start_worker_process(queues, concurrency)]
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    # uvicorn shuts down on SIGTERM/SIGINT and then raises the signal again under the handlers it found:
+    # these make that an exit through ``finally``, so the worker is stopped (drained) rather than orphaned.
+    previous = {sig: signal.signal(sig, _exit) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         _serve_api(host, port)
+    except SystemExit:
+        pass
     finally:
         for proc in helpers:
             _stop_process(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 
