@@ -281,6 +281,14 @@ def test_from_a_zip_to_a_prediction_in_the_browser(
     with deployment.client() as api:
         alias = api.get("/v1/aliases/digits-prod", headers=auth(deployment.api_key)).json()
     assert alias["model_id"] == model_id
+
+    # export: the page fetches the whole ONNX graph with the key and offers it as a file
+    page.find("#export-button").click()
+    page.until(lambda: page.find_all("#export-link"), "the exported graph", timeout=180)
+    with deployment.client() as api:
+        graph = api.get(f"/v1/models/{model_id}/export", headers=auth(deployment.api_key), timeout=180).content
+    assert int(page.find("#export-link").get_attribute("data-bytes")) == len(graph)
+    assert page.find("#export-link").get_attribute("download") == f"{model_id}.onnx"
     browser.get(f"{deployment.base_url}/ui/#/models")
     page.until(lambda: page.find_all("#aliases-table tr[data-alias='digits-prod']"), "the alias in the models list")
     assert page.find("#aliases-table tr[data-alias='digits-prod']").get_attribute("data-model") == model_id

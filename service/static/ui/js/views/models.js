@@ -139,7 +139,7 @@ export async function renderModel(root, [id], signal) {
     const history = job.metrics?.history || [];
     if (history.length) root.append(h("div", { className: "card" }, h("h2", {}, "Training curves"), historyCharts(history)));
   }
-  root.append(lineageCard(model));
+  root.append(lineageCard(model), exportCard(model, signal));
 }
 
 function perClassCard(labels, perClass) {
@@ -163,6 +163,32 @@ function lineageCard(model) {
   if (model.strategy === "finetune" && model.params?.finetune) rows.push(["fine-tune", JSON.stringify(model.params.finetune)]);
   return h("div", { className: "card" }, h("h2", {}, "Lineage"),
     h("table", { className: "kv", id: "lineage" }, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", { className: "mono" }, v))))));
+}
+
+/** Download the model as one ONNX graph (fetched with the key, saved from a blob URL). */
+function exportCard(model, signal) {
+  const status = h("p", { className: "muted", id: "export-status" },
+    "One self-contained ONNX graph: uint8 images in, class probabilities out; class names and preprocessing in its metadata. ",
+    h("span", { className: "mono" }, "scripts/predict_onnx.py"), " runs it with numpy, Pillow and onnxruntime alone.");
+  const button = h("button", { type: "button", id: "export-button", className: "secondary" }, "Download ONNX");
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    status.textContent = "exporting…";
+    try {
+      const resp = await request(`/v1/models/${encodeURIComponent(model.id)}/export?format=onnx`, { signal });
+      const blob = await resp.blob();
+      const url = URL.createObjectURL(blob);
+      const link = h("a", { href: url, download: `${model.id}.onnx`, id: "export-link", dataset: { bytes: blob.size } }, `${model.id}.onnx`);
+      clear(status).append("Saved ", link, ` (${(blob.size / 1e6).toFixed(1)} MB).`);
+      link.click();
+    } catch (err) {
+      status.textContent = err.message;
+      status.className = "error";
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return h("div", { className: "card", id: "export" }, h("h2", {}, "Export"), status, button);
 }
 
 // The unlabelled images to label next (GET /v1/models/{id}/suggestions); labels typed here make a new dataset
