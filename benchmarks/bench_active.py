@@ -13,23 +13,7 @@ import argparse
 import time
 
 import numpy as np
-from common import isolated_env, write_result
-
-
-def features(split: str, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(features, labels) of ``count`` images of a Fashion-MNIST split, through the service's engine."""
-    from core.sample_data import encode_png, fashion_mnist
-    from workers.runtime.engines import get_engine
-    from workers.runtime.preprocess import load_rgb, stack_batch
-
-    images, labels = fashion_mnist(split)
-    picks = np.random.default_rng(seed).choice(len(images), size=count, replace=False)
-    engine = get_engine("efficientnet_lite0")
-    out = []
-    for start in range(0, count, 256):
-        batch = [load_rgb(encode_png(images[i]), engine.spec.preprocessing) for i in picks[start : start + 256]]
-        out.append(engine.features(stack_batch(batch)))
-    return np.concatenate(out), labels[picks].astype(str)
+from common import fashion_features, isolated_env, write_result
 
 
 def fit(X: np.ndarray, y: np.ndarray, seed: int):  # type: ignore[no-untyped-def]
@@ -51,8 +35,8 @@ def main() -> None:
     from classifiers.active import rank
 
     t0 = time.perf_counter()
-    X, y = features("train", args.pool, seed=0)
-    X_test, y_test = features("t10k", args.test, seed=1)
+    X, y = fashion_features("train", args.pool, seed=0)
+    X_test, y_test = fashion_features("t10k", args.test, seed=1)
     extract_s = time.perf_counter() - t0
 
     strategies = ("random", "margin", "entropy", "coreset")

@@ -12,26 +12,9 @@ import argparse
 import time
 
 import numpy as np
-from common import isolated_env, write_result
+from common import fashion_features, isolated_env, write_result
 
 K = 10
-
-
-def features(split: str, count: int, seed: int) -> np.ndarray:
-    from core.sample_data import fashion_mnist
-    from workers.runtime.engines import get_engine
-    from workers.runtime.preprocess import load_rgb, stack_batch
-
-    images, _ = fashion_mnist(split)
-    picks = np.random.default_rng(seed).choice(len(images), size=count, replace=False)
-    engine = get_engine("efficientnet_lite0")
-    out = []
-    for start in range(0, count, 256):
-        from core.sample_data import encode_png
-
-        batch = [load_rgb(encode_png(images[i]), engine.spec.preprocessing) for i in picks[start : start + 256]]
-        out.append(engine.features(stack_batch(batch)))
-    return np.concatenate(out)
 
 
 def timed_queries(search, queries: np.ndarray) -> tuple[np.ndarray, float, float]:  # type: ignore[no-untyped-def]
@@ -63,8 +46,8 @@ def main() -> None:
     from workers.runtime.similarity import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, normalise
 
     start = time.perf_counter()
-    base = normalise(features("train", args.vectors, seed=0))
-    queries = normalise(features("t10k", args.queries, seed=1))
+    base = normalise(fashion_features("train", args.vectors, seed=0)[0])
+    queries = normalise(fashion_features("t10k", args.queries, seed=1)[0])
     extract_s = time.perf_counter() - start
     dim = base.shape[1]
     results = {}

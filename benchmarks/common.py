@@ -96,3 +96,22 @@ def ingest_sample(
     start = time.perf_counter()
     metrics = ingest_job(jobs.begin_attempt(job_id))
     return tenant_id, dataset_id, {**metrics, "seconds": time.perf_counter() - start, "archive_bytes": len(archive)}
+
+
+def fashion_features(split: str, count: int, seed: int):  # type: ignore[no-untyped-def]
+    """(efficientnet_lite0 features, labels) of ``count`` real Fashion-MNIST images of ``split`` ("train" or
+    "t10k"), drawn with ``seed``, through the service's own engine and preprocessing."""
+    import numpy as np
+
+    from core.sample_data import encode_png, fashion_mnist
+    from workers.runtime.engines import get_engine
+    from workers.runtime.preprocess import load_rgb, stack_batch
+
+    images, labels = fashion_mnist(split)
+    picks = np.random.default_rng(seed).choice(len(images), size=count, replace=False)
+    engine = get_engine("efficientnet_lite0")
+    out = []
+    for start in range(0, count, 256):
+        batch = [load_rgb(encode_png(images[i]), engine.spec.preprocessing) for i in picks[start : start + 256]]
+        out.append(engine.features(stack_batch(batch)))
+    return np.concatenate(out), labels[picks].astype(str)

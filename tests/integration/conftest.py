@@ -93,6 +93,18 @@ def _redis_reachable() -> bool:
         return False
 
 
+def wait_until(condition, timeout: float, what: str, every: float = 0.2):  # type: ignore[no-untyped-def]
+    """Poll ``condition()`` (a probe of another process: HTTP, a database row, /proc) until it returns something
+    truthy, and return that; ``timeout`` only ends a hang."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)  # polling another process's state, not synchronising this test's own logic
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 RECOVERY = ROOT / "test-artifacts" / "recovery.json"
 
 

@@ -19,20 +19,17 @@ import pytest
 from core.sample_data import class_folder_zip
 from tests.conftest import drop_postgres_database, make_postgres_database
 from tests.helpers import auth, upload_dataset, wait_for_job
-from tests.integration.conftest import REDIS_URL, ROOT, Deployment, _free_port, record_recovery, running_deployment
+from tests.integration.conftest import (
+    REDIS_URL,
+    ROOT,
+    Deployment,
+    _free_port,
+    record_recovery,
+    running_deployment,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.postgres]
-
-
-def _until(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    """Poll ``condition()`` (an HTTP probe of another process) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)  # polling another process's state, not synchronising this test's own logic
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class RedisServer:
@@ -74,7 +71,7 @@ class RedisServer:
             except redis.RedisError:
                 return False
 
-        _until(up, 30, "redis-server to answer")
+        wait_until(up, 30, "redis-server to answer")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -114,7 +111,7 @@ def test_broker_down_at_submit_and_a_lost_queue_lose_no_job(tmp_path: Path, post
             assert queued.status_code == 202, queued.text  # its message now sits in the broker's queue
 
             broker.kill()  # the broker dies and its queue with it
-            _until(lambda: _health(dep) == 503, 30, "/healthz to report the broker down")
+            wait_until(lambda: _health(dep) == 503, 30, "/healthz to report the broker down")
             start = time.monotonic()
             during = upload_dataset(client, key, class_folder_zip("digits", per_class=6, seed=1), name="during")
             submit_s = time.monotonic() - start
@@ -123,7 +120,7 @@ def test_broker_down_at_submit_and_a_lost_queue_lose_no_job(tmp_path: Path, post
             record_recovery("submit_while_broker_down_s", submit_s)
 
             broker.start()  # back, empty: both messages are gone
-            _until(lambda: _health(dep) == 200, 60, "/healthz to recover without a restart")
+            wait_until(lambda: _health(dep) == 200, 60, "/healthz to recover without a restart")
             start = time.monotonic()
             dep.start_worker()
             done = [wait_for_job(client, r.json()["job_id"], key, timeout=240) for r in (queued, during)]
@@ -215,7 +212,7 @@ def test_cancel_of_a_running_extraction_stops_within_a_batch_and_a_duplicate_mes
 
         # cancel while running: it stops at its next batch
         fs2 = client.post("/v1/features", headers=auth(key), json={"dataset_id": ds["id"]}).json()
-        _until(
+        wait_until(
             lambda: (
                 (s := _job(client, key, fs2["job_id"]))["progress"].get("stage") == "extract"
                 and s["progress"]["done"] >= 64
@@ -254,7 +251,7 @@ def test_sigterm_drains_a_finetune_back_to_the_queue_and_it_resumes(tmp_path: Pa
             "finetune": {"epochs": EPOCHS, "early_stopping_patience": 0, "batch_size": 16},
         }
         model = client.post("/v1/models", headers=auth(key), json=body).json()
-        _until(lambda: _epochs_done(_job(client, key, model["job_id"])) >= 2, 240, "two epochs")
+        wait_until(lambda: _epochs_done(_job(client, key, model["job_id"])) >= 2, 240, "two epochs")
         worker = dep.workers[-1]
         start = time.monotonic()
         os.kill(worker.pid, signal.SIGTERM)  # warm shutdown of the worker's main process

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from core.sample_data import class_folder_zip, encode_png, fashion_mnist
 from tests.conftest import drop_postgres_database, make_postgres_database
 from tests.helpers import auth, upload_dataset, wait_for_job
-from tests.integration.conftest import REDIS_URL, ROOT, Deployment, _free_port, running_deployment
+from tests.integration.conftest import REDIS_URL, ROOT, Deployment, _free_port, running_deployment, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.postgres]
 
@@ -33,17 +32,6 @@ def postgres_url(postgres_available: bool) -> Iterator[str]:
         yield url
     finally:
         drop_postgres_database(name)
-
-
-def _until(condition, bound_s: float, what: str):  # type: ignore[no-untyped-def]
-    """Poll another process (an HTTP probe) until ``condition()`` is truthy; the bound only ends a hang."""
-    deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)  # polling another process's state, not synchronising this test's own logic
-    raise AssertionError(f"gave up after {bound_s}s waiting for {what}")
 
 
 @pytest.fixture
@@ -67,7 +55,7 @@ def second_api(deployment_pg: Deployment) -> Iterator[str]:
             return False
 
     try:
-        _until(up, 60, "the second API process to start")
+        wait_until(up, 60, "the second API process to start")
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -109,5 +97,5 @@ def test_a_model_deleted_through_one_api_process_stops_serving_in_the_other(
         assert predict(two).status_code == 200, dep.dump_logs()  # both processes now hold the predictor
         assert one.delete(f"/v1/models/{model_id}", headers=auth(key)).status_code == 204
         assert predict(one).status_code == 404
-        gone = _until(lambda: predict(two).status_code == 404, 10, "the second process to stop serving")
+        gone = wait_until(lambda: predict(two).status_code == 404, 10, "the second process to stop serving")
         assert gone

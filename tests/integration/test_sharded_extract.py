@@ -5,7 +5,6 @@ alone. Real worker processes, a real redis-server of its own, PostgreSQL, defaul
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 from core.sample_data import class_folder_zip
 from tests.conftest import drop_postgres_database, make_postgres_database
 from tests.helpers import auth, upload_dataset, wait_for_job
-from tests.integration.conftest import Deployment, running_deployment
+from tests.integration.conftest import Deployment, running_deployment, wait_until
 from tests.integration.test_faults import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(1200)]
@@ -36,16 +35,6 @@ def sharded(tmp_path, postgres_available: bool) -> Iterator[Deployment]:
         drop_postgres_database(pg_name)
 
 
-def _until(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)  # polling another process's state, not synchronising this test's own logic
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def test_a_killed_shard_reruns_alone_and_the_set_is_published_once_every_shard_landed(sharded) -> None:
     dep, key = sharded, sharded.api_key
     with dep.client() as client:
@@ -56,7 +45,7 @@ def test_a_killed_shard_reruns_alone_and_the_set_is_published_once_every_shard_l
         def job(job_id: str) -> dict:
             return client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()
 
-        shard_ids = _until(lambda: job(created["job_id"])["metrics"].get("shards"), 120, "the shards to be planned")
+        shard_ids = wait_until(lambda: job(created["job_id"])["metrics"].get("shards"), 120, "the shards to be planned")
         assert len(shard_ids) == 3  # 1200 images, 512 per shard
 
         def busy_shard() -> str | None:
@@ -66,7 +55,7 @@ def test_a_killed_shard_reruns_alone_and_the_set_is_published_once_every_shard_l
                     return shard_id
             return None
 
-        killed = _until(busy_shard, 300, "a shard in the middle of its chunk")
+        killed = wait_until(busy_shard, 300, "a shard in the middle of its chunk")
         dep.kill_worker(dep.workers[-1])
         dep.start_worker()
         dep.start_worker()  # two workers now share the remaining shards
@@ -93,8 +82,8 @@ def test_cancelling_a_sharded_extraction_stops_its_shards(sharded) -> None:
         def job(job_id: str) -> dict:
             return client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()
 
-        shard_ids = _until(lambda: job(created["job_id"])["metrics"].get("shards"), 120, "the shards to be planned")
-        _until(lambda: any(job(i)["status"] == "running" for i in shard_ids), 300, "a shard to start")
+        shard_ids = wait_until(lambda: job(created["job_id"])["metrics"].get("shards"), 120, "the shards to be planned")
+        wait_until(lambda: any(job(i)["status"] == "running" for i in shard_ids), 300, "a shard to start")
         cancel = client.post(f"/v1/jobs/{created['job_id']}/cancel", headers=auth(key))
         assert cancel.status_code in (200, 202), cancel.text
         assert wait_for_job(client, created["job_id"], key)["status"] == "cancelled"

@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.conftest import REDIS_URL, ROOT, _free_port, _redis_reachable
+from tests.integration.conftest import REDIS_URL, ROOT, _free_port, _redis_reachable, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +29,6 @@ def _processes_with(data_dir: Path) -> list[int]:
             if f"TLSERVE_DATA_DIR={data_dir}".encode() in env:
                 found.append(int(entry.name))
     return found
-
-
-def _until(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.2)  # polling other processes' state
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -61,11 +51,11 @@ def test_sigterm_stops_the_api_and_its_worker(tmp_path: Path) -> None:
             except httpx.HTTPError:
                 return False
 
-        _until(healthy, 120, "the API")
-        _until(lambda: len(_processes_with(data)) >= 2, 120, "the worker beside the API")
+        wait_until(healthy, 120, "the API")
+        wait_until(lambda: len(_processes_with(data)) >= 2, 120, "the worker beside the API")
         up.send_signal(signal.SIGTERM)
         assert up.wait(timeout=60) == 0, (tmp_path / "up.log").read_text()[-3000:]
-        _until(lambda: not _processes_with(data), 60, "every process of this `tlserve up` to exit")
+        wait_until(lambda: not _processes_with(data), 60, "every process of this `tlserve up` to exit")
     finally:
         for pid in _processes_with(data):
             os.kill(pid, signal.SIGKILL)

@@ -34,7 +34,7 @@ from core.keys import chunk_key
 from core.settings import get_settings
 from core.status import JobKind, JobStatus, ResourceStatus, ResourceType
 from core.storage import get_storage
-from core.tables import FeatureSet, Job
+from core.tables import FeatureSet, Job, Model
 from workers.plan import extractor, resolve_backbone
 from workers.runtime.preprocess import load_rgb, stack_batch
 from workers.runtime.serving import feature_engine
@@ -294,3 +294,21 @@ def ensure_features(
         fs = s.get(FeatureSet, fs_id)
         s.expunge(fs)
     return fs, forwarded
+
+
+def model_features(ctx: JobContext, model: Model) -> tuple[FeatureSet, int, dict[str, np.ndarray]]:
+    """The features a model trains on (its backbone, over its dataset version; see ``ensure_features``),
+    joined with that version's labels and splits: (feature set, images forwarded, labelled arrays)."""
+    ctx.progress("features", 0, 1, force=True)
+    fs, forwarded = ensure_features(
+        ctx,
+        model.dataset_id,
+        model.backbone,
+        version=model.lineage["dataset_version"],
+        allow_random_weights=bool(model.params.get("allow_random_weights")),
+        queue=model.params.get("queue", "cpu"),
+    )
+    with session_scope() as s:
+        data = fsets.labelled_features(s, fs, model.version_id)
+    ctx.check_cancelled(force=True)
+    return fs, forwarded, data

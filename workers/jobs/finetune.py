@@ -26,7 +26,6 @@ import numpy as np
 
 from classifiers.scores import softmax
 from core import datasets as ds
-from core import features as fsets
 from core.db import session_scope
 from core.errors import InvalidInput, JobCancelled, NotFound
 from core.jobs import JobContext
@@ -34,7 +33,7 @@ from core.status import ResourceStatus
 from core.storage import get_storage
 from core.tables import Job, Model
 from workers.backbones import BackboneSpec, WeightsInfo, get_backbone
-from workers.jobs.extract import ensure_features
+from workers.jobs.extract import model_features
 from workers.jobs.fit import library_versions
 from workers.runtime.engines import export_checked
 from workers.runtime.preprocess import load_rgb, stack_batch
@@ -175,18 +174,7 @@ def _cached_features(
     when the head starts at random or the weights are random (the cache's random weights are not the model's)."""
     if cfg.head_init != "probe" or model.lineage.get("weights_digest") == "random" or spec.weights.kind == "none":
         return None
-    ctx.progress("features", 0, 1, force=True)
-    fs, _ = ensure_features(
-        ctx,
-        model.dataset_id,
-        model.backbone,
-        version=model.lineage["dataset_version"],
-        allow_random_weights=bool(model.params.get("allow_random_weights")),
-        queue=model.params.get("queue", "cpu"),
-    )
-    with session_scope() as s:
-        data = fsets.labelled_features(s, fs, model.version_id)
-    ctx.check_cancelled(force=True)
+    fs, _, data = model_features(ctx, model)
     position = {image_id: i for i, image_id in enumerate(data["image_ids"].tolist())}
     index = {c: i for i, c in enumerate(classes)}
     out = {}

@@ -21,7 +21,7 @@ from core.jobs import JobContext
 from core.status import ResourceStatus
 from core.storage import get_storage
 from core.tables import Model
-from workers.jobs.extract import ensure_features
+from workers.jobs.extract import model_features
 from workers.plan import head_config
 
 
@@ -42,18 +42,7 @@ def fit_job(ctx: JobContext) -> dict[str, Any]:
         model.status = ResourceStatus.RUNNING
         s.expunge(model)
     start = time.perf_counter()
-    ctx.progress("features", 0, 1, force=True)
-    fs, forwarded = ensure_features(
-        ctx,
-        model.dataset_id,
-        model.backbone,
-        version=model.lineage["dataset_version"],
-        allow_random_weights=bool(model.params.get("allow_random_weights")),
-        queue=model.params.get("queue", "cpu"),
-    )
-    with session_scope() as s:
-        data = fsets.labelled_features(s, fs, model.version_id)
-    ctx.check_cancelled(force=True)
+    fs, forwarded, data = model_features(ctx, model)
     ctx.progress("fit", 0, 1, force=True)
     cfg = head_config(model.params.get("head"), int(model.params.get("seed", 0)))
     result, metrics = fit_and_score(data, cfg)
