@@ -132,6 +132,11 @@ def first_model(archive: Path, graph_cache: Path) -> dict:
                     if time.monotonic() > deadline:
                         raise
                 time.sleep(0.2)  # waiting for another process to come up
+            ping = "import sys; from workers.celery_app import app; sys.exit(0 if app.control.ping(timeout=2) else 1)"
+            while subprocess.run([sys.executable, "-c", ping], cwd=ROOT, env=env, capture_output=True).returncode:
+                if time.monotonic() > deadline + 120:
+                    raise RuntimeError("the worker of `tlserve up` did not answer a ping")
+            # the clock starts once the service (API and worker) is up, when a person would start uploading
             start = time.perf_counter()
             ds = tl.datasets.upload(archive, name="first", wait=True, timeout=600)
             ingested = time.perf_counter() - start
