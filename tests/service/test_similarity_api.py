@@ -114,3 +114,17 @@ def test_search_refuses_what_it_cannot_answer(env) -> None:
     with session_scope() as s:
         other = create_api_key(s, "initech")
     assert client.get(f"/v1/features/{fs['id']}/near-duplicates", headers=auth(other)).status_code == 404
+
+
+def test_a_deleted_dataset_is_no_longer_searchable(env) -> None:
+    client, key, _, _ = env
+    from core.sample_data import class_folder_zip
+
+    ds = upload_dataset(client, key, class_folder_zip("fashion", per_class=4, seed=5), name="short-lived").json()
+    assert wait_for_job(client, ds["job_id"], key)["status"] == "succeeded"
+    fs = client.post("/v1/features", headers=auth(key), json={"dataset_id": ds["id"]}).json()
+    assert fs["status"] == "ready" or wait_for_job(client, fs["job_id"], key)["status"] == "succeeded"
+    url = f"/v1/features/{fs['id']}/near-duplicates"
+    assert client.get(url, headers=auth(key)).status_code == 200  # its index is now in this process's cache
+    assert client.delete(f"/v1/datasets/{ds['id']}", headers=auth(key)).status_code == 204
+    assert client.get(url, headers=auth(key)).status_code == 404

@@ -176,7 +176,14 @@ _INDEXES = LRUCache()
 
 
 def get_index(tenant_id: str, feature_set_id: str) -> SearchIndex:
-    return _INDEXES.get_or_create((tenant_id, feature_set_id), lambda: _load(tenant_id, feature_set_id))
+    """The feature set's index, checked against its row on every call: a deleted set answers 404 at once in
+    every process, and a set whose rows changed gets a new index (the row's state is part of the key)."""
+    with session_scope() as s:
+        fs = fsets.get_feature_set(s, tenant_id, feature_set_id)
+        if fs.status != ResourceStatus.READY:
+            raise Conflict(f"feature set {feature_set_id!r} is {fs.status}; search it when its job has succeeded")
+        state = (fs.version_id, fs.storage_prefix, fs.num_images)
+    return _INDEXES.get_or_create((tenant_id, feature_set_id, state), lambda: _load(tenant_id, feature_set_id))
 
 
 def check_k(k: int) -> int:
