@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from common import ROOT, write_result
+from common import ROOT, free_port, write_result
 
 BACKBONE = "efficientnet_lite0"
 SIDE = 300
@@ -58,12 +57,6 @@ with torch.no_grad():
 n = sum(len(f) for f in features)
 print(n, time.perf_counter() - start)
 """
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def images(per_class: int, folder: Path) -> Path:
@@ -116,7 +109,7 @@ def first_model(archive: Path, graph_cache: Path) -> dict:
         [sys.executable, "-m", "service.cli", "keys", "create", "--tenant", "bench"],
         cwd=ROOT, env=env, capture_output=True, text=True, check=True,
     ).stdout.strip().splitlines()[-1]  # fmt: skip
-    port = _port()
+    port = free_port()
     log = (data / "up.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "up", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -28,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_predict import _port, train_probe
-from common import ROOT, isolated_env, write_result
+from bench_predict import train_probe
+from common import ROOT, api_server, isolated_env, write_result
 
 PHASE_LIMIT_S = 300.0  # a phase stops sending after this long, whatever is left
 REQUEST_TIMEOUT_S = 30.0
@@ -156,40 +155,17 @@ def main() -> None:
     with session_scope() as s:
         key = create_api_key(s, "bench")
     images = images_300px(50)
-    port = _port()
-    env = {**os.environ, "TLSERVE_DATA_DIR": str(data_dir), "TLSERVE_BROKER_URL": "memory://"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "api", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
-
-        for _ in range(600):  # readiness probe of the server process, bounded
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        with RssSampler(server.pid) as rss:
-            rss_start = rss.now()
-            # warm-up at the highest concurrency: loads the engine and head and grows the batch buffers to the
-            # largest micro-batch, so that the growth measured after it is what the load itself leaves behind
-            warm = phase(base, key, model_id, images, 256, 64)
-            rss_warm = rss.now()
-            c16 = phase(base, key, model_id, images, int(2000 * args.scale), 16)
-            rss_c16 = rss.now()
-            c64 = phase(base, key, model_id, images, int(400 * args.scale), 64)
-            rss_end = rss.now()
-            peak = rss.peak
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with api_server(data_dir) as (base, server), RssSampler(server.pid) as rss:
+        rss_start = rss.now()
+        # warm-up at the highest concurrency: loads the engine and head and grows the batch buffers to the
+        # largest micro-batch, so that the growth measured after it is what the load itself leaves behind
+        warm = phase(base, key, model_id, images, 256, 64)
+        rss_warm = rss.now()
+        c16 = phase(base, key, model_id, images, int(2000 * args.scale), 16)
+        rss_c16 = rss.now()
+        c64 = phase(base, key, model_id, images, int(400 * args.scale), 64)
+        rss_end = rss.now()
+        peak = rss.peak
     growth = rss_end - rss_warm
     bad_5xx = sum(v for p in (c16, c64) for k, v in p["other_non_2xx"].items() if k.startswith("5"))
     write_result(

@@ -11,23 +11,14 @@ Every loop is bounded in count and in time.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from common import ROOT, isolated_env, write_result
+from common import ROOT, api_server, isolated_env, write_result
 
 TIME_LIMIT_S = 120.0
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_probe() -> tuple[str, str]:
@@ -136,32 +127,11 @@ def main() -> None:
     with session_scope() as s:
         key = create_api_key(s, "bench")
     images = [(n, d) for n, _, d in iter_labelled_pngs(default_source(), 5, seed=4242)]
-    port = _port()
-    env = {**os.environ, "TLSERVE_DATA_DIR": str(data_dir), "TLSERVE_BROKER_URL": "memory://"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "api", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
-
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with api_server(data_dir) as (base, _):
         http_load(base, key, model_id, images, 20, 1)  # warm-up: loads the engine and head in the server
         b = bare(tenant_id, model_id, images, args.requests)
         c1 = http_load(base, key, model_id, images, args.requests, 1)
         c8 = http_load(base, key, model_id, images, args.requests * 2, 8)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     write_result(
         "predict",
         {

@@ -7,6 +7,8 @@ import os
 import platform
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +117,47 @@ def fashion_features(split: str, count: int, seed: int):  # type: ignore[no-unty
         batch = [load_rgb(encode_png(images[i]), engine.spec.preprocessing) for i in picks[start : start + 256]]
         out.append(engine.features(stack_batch(batch)))
     return np.concatenate(out), labels[picks].astype(str)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def api_server(data_dir: Path) -> Iterator[tuple[str, Any]]:
+    """``tlserve api`` on a free loopback port over ``data_dir`` (jobs in-process), once it answers
+    ``/healthz``: yields (base URL, the server's Popen); terminated on exit."""
+    import subprocess
+    import time
+
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "TLSERVE_DATA_DIR": str(data_dir), "TLSERVE_BROKER_URL": "memory://"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "api", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # readiness probe of the server process, bounded
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("tlserve api did not start")
+            time.sleep(0.1)
+        yield base, server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
