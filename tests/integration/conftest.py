@@ -175,6 +175,18 @@ def running_deployment(
         dep.stop()
 
 
+@pytest.fixture
+def postgres_url(postgres_available: bool) -> Iterator[str]:
+    """A fresh database on the real PostgreSQL for one test, dropped after it."""
+    if not postgres_available:
+        pytest.skip("PostgreSQL not reachable")
+    url, name = make_postgres_database()
+    try:
+        yield url
+    finally:
+        drop_postgres_database(name)
+
+
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     if not _redis_reachable():

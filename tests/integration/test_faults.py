@@ -10,14 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from core.sample_data import class_folder_zip
-from tests.conftest import drop_postgres_database, make_postgres_database
 from tests.helpers import auth, upload_dataset, wait_for_job
 from tests.integration.conftest import (
     REDIS_URL,
@@ -77,17 +75,6 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
-
-
-@pytest.fixture
-def postgres_url(postgres_available: bool) -> Iterator[str]:
-    if not postgres_available:
-        pytest.skip("PostgreSQL not reachable")
-    url, name = make_postgres_database()
-    try:
-        yield url
-    finally:
-        drop_postgres_database(name)
 
 
 def _health(dep: Deployment) -> int:

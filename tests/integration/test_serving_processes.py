@@ -16,22 +16,10 @@ import httpx
 import pytest
 
 from core.sample_data import class_folder_zip, encode_png, fashion_mnist
-from tests.conftest import drop_postgres_database, make_postgres_database
 from tests.helpers import auth, upload_dataset, wait_for_job
 from tests.integration.conftest import REDIS_URL, ROOT, Deployment, _free_port, running_deployment, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.postgres]
-
-
-@pytest.fixture
-def postgres_url(postgres_available: bool) -> Iterator[str]:
-    if not postgres_available:
-        pytest.skip("PostgreSQL not reachable")
-    url, name = make_postgres_database()
-    try:
-        yield url
-    finally:
-        drop_postgres_database(name)
 
 
 @pytest.fixture
