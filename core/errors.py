@@ -48,6 +48,13 @@ class Unauthorized(TLServeError):
     code = "unauthorized"
 
 
+class ForbiddenScope(TLServeError):
+    """A valid key whose scope does not cover the route (a ``predict`` key outside the prediction routes)."""
+
+    status_code = 403
+    code = "forbidden_scope"
+
+
 class NotFound(TLServeError):
     status_code = 404
     code = "not_found"

@@ -1,11 +1,15 @@
 """Tenants and API keys. A key is ``tls_<prefix>_<secret>``; only its SHA-256 is stored, and the check
-compares digests in constant time. Keys are 256-bit random, so a plain hash (no slow KDF) is enough."""
+compares digests in constant time. Keys are 256-bit random, so a plain hash (no slow KDF) is enough.
+
+Each key has a scope: ``all`` (every route) or ``predict`` (the prediction routes only, for an application
+that must do nothing else); the service checks it per route."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -14,6 +18,14 @@ from core.errors import InvalidInput, NotFound, Unauthorized
 from core.tables import ApiKey, Tenant, utcnow
 
 KEY_PREFIX = "tls"
+SCOPES = ("all", "predict")
+
+
+class Caller(NamedTuple):
+    """Who a valid key belongs to, as plain values (nothing bound to the session that found them)."""
+
+    tenant_id: str
+    scope: str
 
 
 def _digest(key: str) -> str:
@@ -32,18 +44,20 @@ def get_or_create_tenant(session: Session, name: str) -> Tenant:
     return tenant
 
 
-def create_api_key(session: Session, tenant_name: str) -> str:
-    """Create (or reuse) the tenant and a new key for it; returns the key, shown only this once."""
+def create_api_key(session: Session, tenant_name: str, scope: str = "all") -> str:
+    """Create (or reuse) the tenant and a new key of ``scope`` for it; returns the key, shown only this once."""
+    if scope not in SCOPES:
+        raise InvalidInput(f"unknown API key scope {scope!r}: use one of {', '.join(SCOPES)}")
     tenant = get_or_create_tenant(session, tenant_name)
     prefix = secrets.token_hex(6)
     key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
-    session.add(ApiKey(tenant_id=tenant.id, prefix=prefix, key_hash=_digest(key)))
+    session.add(ApiKey(tenant_id=tenant.id, prefix=prefix, key_hash=_digest(key), scope=scope))
     session.flush()
     return key
 
 
-def authenticate(session: Session, key: str | None) -> str:
-    """The tenant id of a valid key, else ``Unauthorized`` (one message for every failure)."""
+def authenticate(session: Session, key: str | None) -> Caller:
+    """The tenant id and scope of a valid key, else ``Unauthorized`` (one message for every failure)."""
     failure = Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
     if not key:
         raise failure
@@ -53,7 +67,7 @@ def authenticate(session: Session, key: str | None) -> str:
     row = session.scalar(select(ApiKey).where(ApiKey.prefix == parts[1], ApiKey.revoked_at.is_(None)))
     if row is None or not hmac.compare_digest(row.key_hash, _digest(key)):
         raise failure
-    return row.tenant_id
+    return Caller(row.tenant_id, row.scope)
 
 
 def list_api_keys(session: Session, tenant_name: str | None = None) -> list[dict[str, object]]:
@@ -66,6 +80,7 @@ def list_api_keys(session: Session, tenant_name: str | None = None) -> list[dict
             "id": key.id,
             "tenant": name,
             "prefix": f"{KEY_PREFIX}_{key.prefix}_",
+            "scope": key.scope,
             "created_at": key.created_at.isoformat() if key.created_at else None,
             "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
         }

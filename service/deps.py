@@ -1,8 +1,11 @@
 """Dependencies shared by the routers: a database session per request, the caller's tenant, settings.
 
-Authentication uses its own short session that is closed before the route runs and returns the tenant id
-only, so a route that waits (an event stream, a prediction in the micro-batcher) holds no database
-connection; routes that need the database ask for ``SessionDep`` themselves."""
+Authentication uses its own short session that is closed before the route runs and returns plain values
+(the tenant id and the key's scope) only, so a route that waits (an event stream, a prediction in the
+micro-batcher) holds no database connection; routes that need the database ask for ``SessionDep`` themselves.
+
+Every route declares which keys it takes: ``TenantDep`` needs a key of scope ``all``; ``PredictTenantDep``,
+declared by the prediction routes only, takes a key of any scope."""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from core.db import session_scope
+from core.errors import ForbiddenScope
 from core.settings import Settings, get_settings
-from core.tenancy import authenticate
+from core.tenancy import Caller, authenticate
 from service.ratelimit import check_rate
 
 
@@ -27,18 +31,39 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def _authenticate(token: str | None) -> str:
+def _authenticate(token: str | None) -> Caller:
     with session_scope() as session:
         return authenticate(session, token)
 
 
+def bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def get_caller(request: Request) -> Caller:
+    """The caller's tenant and key scope (401 otherwise), within the tenant's rate limit (429 otherwise)."""
+    caller = _authenticate(bearer_token(request))
+    check_rate(caller.tenant_id)
+    return caller
+
+
 def get_tenant_id(request: Request) -> str:
-    """The caller's tenant (401 otherwise), within the tenant's rate limit (429 otherwise)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    tenant_id = _authenticate(token.strip() if scheme.lower() == "bearer" else None)
-    check_rate(tenant_id)
-    return tenant_id
+    """The caller's tenant, for a key of scope ``all``; a narrower key is a 403 that says what it needs."""
+    caller = get_caller(request)
+    if caller.scope != "all":
+        raise ForbiddenScope(
+            f"this API key's scope is {caller.scope!r}, which allows only POST /v1/models/{{id}}/predict and"
+            f" POST /v1/aliases/{{name}}/predict; {request.method} {request.url.path} needs a key of scope 'all'"
+            " (tlserve keys create --tenant NAME)"
+        )
+    return caller.tenant_id
+
+
+def get_predict_tenant_id(request: Request) -> str:
+    """The caller's tenant, for a key of any scope: the prediction routes."""
+    return get_caller(request).tenant_id
 
 
 TenantDep = Annotated[str, Depends(get_tenant_id)]
+PredictTenantDep = Annotated[str, Depends(get_predict_tenant_id)]

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core import aliases
 from core.db import session_scope
-from service.deps import SessionDep, SettingsDep, TenantDep
+from service.deps import PredictTenantDep, SessionDep, SettingsDep, TenantDep
 from service.pagination import PageDep, set_link_header
 from service.routes.models import predict_files
 from service.schemas import AliasOut, AliasRequest, PredictOut
@@ -56,7 +56,7 @@ def _resolve(tenant_id: str, name: str) -> str:
 async def predict(
     name: str,
     request: Request,
-    tenant_id: TenantDep,
+    tenant_id: PredictTenantDep,
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File()],
     top_k: Annotated[int, Form(ge=1, le=100)] = 3,

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from core import models as mdl
 from core.settings import Settings
 from core.storage import get_storage
-from service.deps import SessionDep, SettingsDep, TenantDep
+from service.deps import PredictTenantDep, SessionDep, SettingsDep, TenantDep
 from service.pagination import PageDep, set_link_header
 from service.schemas import CompareRequest, Created, JobRef, ModelOut, ModelRequest, PredictOut, SuggestionsOut
 from service.uploads import read_files, save_archive
@@ -123,7 +123,7 @@ async def predict_files(
 async def predict(
     model_id: str,
     request: Request,
-    tenant_id: TenantDep,
+    tenant_id: PredictTenantDep,
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File()],
     top_k: Annotated[int, Form(ge=1, le=100)] = 3,

@@ -148,3 +148,39 @@ def test_0006_tenant_quotas_keeps_tenants_and_what_they_own(db: str) -> None:
         kept = conn.execute(text("SELECT (SELECT count(*) FROM api_keys), (SELECT count(*) FROM datasets)")).one()
     engine.dispose()
     assert tuple(kept) == (1, 1)
+
+
+def test_0007_api_key_scopes_keeps_keys_and_gives_them_scope_all(db: str) -> None:
+    from core.migrate import downgrade, upgrade
+
+    downgrade(db, "0006")
+    dispose_engines()
+    now = datetime(2026, 12, 2, 12, 30, tzinfo=UTC)
+    engine = create_engine(db)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('tn_1', 'acme', :t)"), {"t": now})
+        conn.execute(
+            text(
+                "INSERT INTO api_keys (id, tenant_id, prefix, key_hash, created_at)"
+                " VALUES ('key_1', 'tn_1', 'abc', 'h', :t)"
+            ),
+            {"t": now},
+        )
+    upgrade(db)
+    with engine.begin() as conn:
+        row = conn.execute(text("SELECT id, tenant_id, prefix, key_hash, scope FROM api_keys")).one()
+        assert tuple(row) == ("key_1", "tn_1", "abc", "h", "all")  # an existing key keeps today's powers
+        conn.execute(
+            text(
+                "INSERT INTO api_keys (id, tenant_id, prefix, key_hash, scope, created_at)"
+                " VALUES ('key_2', 'tn_1', 'def', 'h2', 'predict', :t)"
+            ),
+            {"t": now},
+        )
+        scopes = conn.execute(text("SELECT id, scope FROM api_keys ORDER BY id")).all()
+    assert [tuple(r) for r in scopes] == [("key_1", "all"), ("key_2", "predict")]
+    downgrade(db, "0006")  # and back, keeping the keys
+    with engine.connect() as conn:
+        kept = conn.execute(text("SELECT count(*) FROM api_keys")).scalar_one()
+    engine.dispose()
+    assert kept == 2

@@ -43,7 +43,7 @@ def test_api_keys_are_hashed_and_checked(db: str) -> None:
     with session_scope() as s:
         row = s.scalars(select(ApiKey)).one()
         assert key not in (row.key_hash, row.prefix) and len(row.key_hash) == 64
-        tenant_id = authenticate(s, key)
+        tenant_id = authenticate(s, key).tenant_id
         assert tenant_id == row.tenant_id
         for bad in (None, "", key[:-1] + ("A" if key[-1] != "A" else "B"), "Bearer x", "tls_x", key + "x"):
             with pytest.raises(Unauthorized):

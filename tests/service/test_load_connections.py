@@ -49,7 +49,7 @@ def _queued_job(tenant_key: str) -> str:
     from core.tenancy import authenticate
 
     with session_scope() as s:
-        return create_job(s, tenant_id=authenticate(s, tenant_key), kind="ingest").id
+        return create_job(s, tenant_id=authenticate(s, tenant_key).tenant_id, kind="ingest").id
 
 
 @pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)

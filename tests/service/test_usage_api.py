@@ -58,7 +58,7 @@ def test_every_list_paginates_with_a_link_header(client: TestClient, api_key: st
     from core.tenancy import authenticate
 
     with session_scope() as s:
-        tenant_id = authenticate(s, api_key)
+        tenant_id = authenticate(s, api_key).tenant_id
         for i in range(5):
             model = Model(
                 tenant_id=tenant_id, dataset_id="ds_x", version_id="dv_x", backbone="b", strategy="linear_probe",
