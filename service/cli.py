@@ -15,6 +15,7 @@ import sys
 import click
 
 from core.settings import get_settings
+from core.tenancy import SCOPES
 
 log = logging.getLogger("tlserve")
 
@@ -39,15 +40,15 @@ def _redact(url: str) -> str:
     return url
 
 
-def _keys_create(tenant: str) -> None:
+def _keys_create(tenant: str, scope: str = "all") -> None:
     from core.db import session_scope
     from core.migrate import upgrade
     from core.tenancy import create_api_key
 
     upgrade(get_settings().resolved_database_url)
     with session_scope() as s:
-        key = create_api_key(s, tenant)
-    print(f"created an API key for tenant {tenant!r}; it is shown only once:", file=sys.stderr)
+        key = create_api_key(s, tenant, scope)
+    print(f"created an API key of scope {scope!r} for tenant {tenant!r}; it is shown only once:", file=sys.stderr)
     print(key)
 
 
@@ -197,16 +198,23 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--tenant", required=True)
-def keys_create(tenant: str) -> None:
+@click.option(
+    "--scope",
+    type=click.Choice(SCOPES),
+    default="all",
+    show_default=True,
+    help="all: every route; predict: POST /v1/models/{id}/predict and /v1/aliases/{name}/predict only",
+)
+def keys_create(tenant: str, scope: str) -> None:
     """Create an API key (printed alone on the last line)."""
-    _keys_create(tenant)
+    _keys_create(tenant, scope)
 
 
 @keys.command("list")
 @click.option("--tenant", default=None, help="only this tenant's keys")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def keys_list(tenant: str | None, fmt: str) -> None:
-    """List API keys: id, tenant, public prefix, created, revoked (secrets are never stored)."""
+    """List API keys: id, tenant, public prefix, scope, created, revoked (secrets are never stored)."""
     from core.db import session_scope
     from core.migrate import upgrade
     from core.tenancy import list_api_keys
@@ -217,9 +225,12 @@ def keys_list(tenant: str | None, fmt: str) -> None:
     if fmt == "json":
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'id':<40} {'tenant':<20} {'prefix':<20} {'created':<32} revoked")
+    print(f"{'id':<40} {'tenant':<20} {'prefix':<20} {'scope':<8} {'created':<32} revoked")
     for r in rows:
-        print(f"{r['id']:<40} {r['tenant']:<20} {r['prefix']:<20} {r['created_at'] or '':<32} {r['revoked_at'] or '-'}")
+        print(
+            f"{r['id']:<40} {r['tenant']:<20} {r['prefix']:<20} {r['scope']:<8} {r['created_at'] or '':<32}"
+            f" {r['revoked_at'] or '-'}"
+        )
 
 
 @keys.command("revoke")

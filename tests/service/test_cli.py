@@ -59,6 +59,20 @@ def test_keys_create_list_revoke(db: str) -> None:
     ]
 
 
+def test_keys_create_with_a_scope_and_list_shows_it(db: str) -> None:
+    assert run("keys", "create", "--tenant", "acme").exit_code == 0
+    created = run("keys", "create", "--tenant", "acme", "--scope", "predict")
+    assert created.exit_code == 0, created.output
+    assert "scope 'predict'" in created.stderr
+    rows = json.loads(run("keys", "list", "--format", "json").stdout)
+    assert [r["scope"] for r in rows] == ["all", "predict"]
+    text = run("keys", "list").stdout.splitlines()
+    assert text[0].split()[:5] == ["id", "tenant", "prefix", "scope", "created"]
+    assert [line.split()[3] for line in text[1:]] == ["all", "predict"]
+    bad = run("keys", "create", "--tenant", "acme", "--scope", "admin")
+    assert bad.exit_code == 2 and "'all', 'predict'" in bad.stderr
+
+
 def test_tenants_quota_sets_shows_and_resets_a_tenant_s_own_limits(db: str) -> None:
     assert run("keys", "create", "--tenant", "acme").exit_code == 0
     shown = json.loads(run("tenants", "quota", "acme").stdout)
