@@ -522,8 +522,13 @@ class Client:
         return self.jobs.wait(job_id, timeout=timeout, on_event=on_event)
 
     def check(self) -> None:
-        """One cheap authenticated request: ``APIError`` 401 for a wrong key, ``ServiceUnreachable`` if down."""
-        self._request("GET", "/v1/jobs", params={"limit": 1})
+        """One cheap authenticated request: ``APIError`` 401 for a wrong key, ``ServiceUnreachable`` if down.
+        A valid key of a narrower scope (``predict``) passes: the service knows it, it only may not list jobs."""
+        try:
+            self._request("GET", "/v1/jobs", params={"limit": 1})
+        except APIError as e:
+            if e.code != "forbidden_scope":
+                raise
 
     def health(self) -> dict[str, Any]:
         """``/healthz``: ``{"status": "ok"|"degraded", "checks": {...}}`` (also while degraded, a 503)."""

@@ -59,7 +59,10 @@ class FakeAPI:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         method, path = request.method, request.url.path
         self.requests.append((method, path))
-        if request.headers.get("authorization") != "Bearer tls_good_key":
+        if request.headers.get("authorization") == "Bearer tls_predict_key" and not path.endswith("/predict"):
+            message = "this API key's scope is 'predict'; GET /v1/jobs needs a key of scope 'all'"
+            return httpx.Response(403, json={"error": {"code": "forbidden_scope", "message": message}})
+        if request.headers.get("authorization") not in ("Bearer tls_good_key", "Bearer tls_predict_key"):
             return httpx.Response(
                 401, json={"error": {"code": "unauthorized", "message": "missing or invalid API key"}}
             )
@@ -250,6 +253,20 @@ def test_login_stores_url_and_key_readable_by_the_owner_alone(api: FakeAPI, monk
     listed = run("jobs", "list", "--format", "json")  # no environment: the config file is used
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.stdout)[0]["id"] == "job_1"
+
+
+def test_login_stores_a_predict_key_that_then_predicts(
+    api: FakeAPI, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("TLSERVE_URL")
+    monkeypatch.delenv("TLSERVE_API_KEY")
+    result = run("login", "--url", "http://tlserve.test", "--api-key", "tls_predict_key")
+    assert result.exit_code == 0, result.output  # valid, though it may not list jobs
+    folder = write_class_folders(tmp_path / "imgs", classes=(1,), per_class=1)
+    predicted = run("predict", "m_1", str(folder), "--format", "json")
+    assert predicted.exit_code == 0, predicted.output
+    listed = run("jobs", "list")
+    assert listed.exit_code == 1 and "forbidden_scope" in one_error_line(listed)
 
 
 def test_models_suggest_asks_for_k_and_the_strategy_and_prints_the_ranking(api: FakeAPI) -> None:
