@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     # Quotas counted in the database: jobs running at once per tenant (more wait queued) and stored bytes.
     max_running_jobs_per_tenant: int = Field(8, ge=1)
     max_stored_bytes_per_tenant: int = Field(100 * 1024**3, ge=0)
+    # /metrics asks for a valid API key of any scope (401 otherwise) when true; open by default, for a
+    # Prometheus that scrapes inside the private network.
+    metrics_require_key: bool = False
     # uvicorn's own connection cap, a last guard only (it answers a bare-text 503, outside the error contract).
     api_limit_concurrency: int = Field(2048, ge=1)
 

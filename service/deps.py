@@ -48,6 +48,11 @@ def get_caller(request: Request) -> Caller:
     return caller
 
 
+def require_any_key(request: Request) -> None:
+    """A valid key of any scope (401 otherwise), outside the tenants' rate limits: a metrics scraper."""
+    _authenticate(bearer_token(request))
+
+
 def get_tenant_id(request: Request) -> str:
     """The caller's tenant, for a key of scope ``all``; a narrower key is a 403 that says what it needs."""
     caller = get_caller(request)

@@ -1,16 +1,17 @@
-"""Liveness/readiness and Prometheus metrics."""
+"""Liveness/readiness and Prometheus metrics (behind an API key when ``TLSERVE_METRICS_REQUIRE_KEY`` is set)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from core.db import session_scope
 from core.settings import get_settings
+from service.deps import require_any_key
 
 router = APIRouter(tags=["health"])
 
@@ -50,5 +51,7 @@ def healthz() -> Response:
 
 
 @router.get("/metrics")
-def metrics() -> Response:
+def metrics(request: Request) -> Response:
+    if get_settings().metrics_require_key:
+        require_any_key(request)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
