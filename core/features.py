@@ -23,6 +23,7 @@ from core.db import get_owned
 from core.errors import Conflict
 from core.jobs import create_job
 from core.keys import chunk_key, features_prefix
+from core.pagination import DEFAULT_LIMIT, Page, keyset_page
 from core.status import JobKind, ResourceStatus, ResourceType
 from core.storage import get_storage
 from core.tables import FeatureSet, Image, Job
@@ -171,9 +172,12 @@ def get_feature_set(session: Session, tenant_id: str, feature_set_id: str) -> Fe
     return get_owned(session, FeatureSet, tenant_id, feature_set_id, "feature set")
 
 
-def list_feature_sets(session: Session, tenant_id: str) -> list[FeatureSet]:
-    stmt = select(FeatureSet).where(FeatureSet.tenant_id == tenant_id).order_by(FeatureSet.created_at)
-    return list(session.scalars(stmt))
+def list_feature_sets(
+    session: Session, tenant_id: str, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+) -> Page[FeatureSet]:
+    """A page of the tenant's feature sets, oldest first."""
+    stmt = select(FeatureSet).where(FeatureSet.tenant_id == tenant_id)
+    return keyset_page(session, stmt, [FeatureSet.created_at, FeatureSet.id], limit, cursor)
 
 
 def num_chunks(num_images: int) -> int:

@@ -1,13 +1,14 @@
 """Keyset pagination for any list query: an opaque cursor holds the sort key of the last row served, and
 the next page is the rows after it in the same order. Unlike OFFSET it stays fast deep into a list and
-does not skip or repeat rows when rows are added meanwhile."""
+does not skip or repeat rows when rows are added meanwhile. ``sorted_page`` pages a list held in memory
+(the backbone registry) the same way, with the same cursors."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -80,3 +81,22 @@ def keyset_page(
         return Page(rows, None)
     rows = rows[:limit]
     return Page(rows, encode_cursor([getattr(rows[-1], k.key) for k in keys]))
+
+
+def sorted_page(
+    items: Iterable[T], key: Callable[[T], str], limit: int = DEFAULT_LIMIT, cursor: str | None = None
+) -> Page[T]:
+    """One page of ``items`` sorted by ``key`` (unique strings, e.g. a name): the items after the cursor's key,
+    like ``keyset_page`` on a list that is not a table."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    rows = sorted(items, key=key)
+    if cursor:
+        (after,) = decode_cursor(cursor, 1)
+        if not isinstance(after, str):
+            raise BadRequest("invalid cursor: follow the URL in the Link header for the next page")
+        rows = [r for r in rows if key(r) > after]
+    if len(rows) <= limit:
+        return Page(rows, None)
+    rows = rows[:limit]
+    return Page(rows, encode_cursor([key(rows[-1])]))

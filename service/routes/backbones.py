@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from core import models as mdl
 from core.features import MODEL_PREFIX
+from core.pagination import sorted_page
 from service.deps import SessionDep, SettingsDep, TenantDep
+from service.pagination import PageDep, set_link_header
 from service.schemas import BackboneCard, ClassifyOut, EmbedOut
 from service.uploads import read_files
 from workers.backbones import describe_backbone, get_backbone, list_backbones
@@ -19,8 +21,11 @@ router = APIRouter(tags=["backbones"])
 
 
 @router.get("/v1/backbones", response_model=list[BackboneCard], response_model_exclude_none=True)
-def backbones(tenant_id: TenantDep, session: SessionDep) -> list[BackboneCard]:
-    """The registry, then the caller's fine-tuned models, usable as backbones under ``model:<id>``."""
+def backbones(
+    request: Request, response: Response, tenant_id: TenantDep, session: SessionDep, page: PageDep
+) -> list[BackboneCard]:
+    """The registry and the caller's fine-tuned models, usable as backbones under ``model:<id>``: one page,
+    by name; the next page's URL is in the ``Link`` header."""
     cards = [BackboneCard(**describe_backbone(spec)) for spec in list_backbones()]
     for model in mdl.finetuned_models(session, tenant_id):
         spec = get_backbone(model.backbone)
@@ -30,7 +35,9 @@ def backbones(tenant_id: TenantDep, session: SessionDep) -> list[BackboneCard]:
                 **card | {"pretrained": True, "family": "fine-tuned", "base": spec.name, "dataset_id": model.dataset_id}
             )
         )
-    return cards
+    result = sorted_page(cards, lambda card: card.name, page.limit, page.cursor)
+    set_link_header(request, response, result.next_cursor)
+    return result.items
 
 
 @router.get("/v1/backbones/{name}", response_model=BackboneCard, response_model_exclude_none=True)

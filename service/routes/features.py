@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from core import features as fsets
 from service.deps import SessionDep, TenantDep
+from service.pagination import PageDep, set_link_header
 from service.schemas import FeatureSetOut, FeaturesRequest
 from workers import plan
 from workers.dispatch import submit
@@ -31,8 +32,13 @@ def request_features(
 
 
 @router.get("", response_model=list[FeatureSetOut], response_model_exclude_none=True)
-def list_features(session: SessionDep, tenant_id: TenantDep) -> list[FeatureSetOut]:
-    return [FeatureSetOut.from_row(fs) for fs in fsets.list_feature_sets(session, tenant_id)]
+def list_features(
+    request: Request, response: Response, session: SessionDep, tenant_id: TenantDep, page: PageDep
+) -> list[FeatureSetOut]:
+    """One page of feature sets, oldest first; the next page's URL is in the ``Link`` header."""
+    result = fsets.list_feature_sets(session, tenant_id, page.limit, page.cursor)
+    set_link_header(request, response, result.next_cursor)
+    return [FeatureSetOut.from_row(fs) for fs in result.items]
 
 
 @router.get("/{feature_set_id}", response_model=FeatureSetOut, response_model_exclude_none=True)

@@ -47,14 +47,14 @@ def test_usage_shows_counts_and_limits_and_the_quota_refuses_with_403(
         assert client.get("/v1/usage", headers=auth(api_key)).json()["datasets"] == 1  # nothing was created
 
 
-LISTS = ["/v1/datasets", "/v1/jobs", "/v1/models", "/v1/aliases"]
+LISTS = ["/v1/datasets", "/v1/jobs", "/v1/models", "/v1/aliases", "/v1/features"]
 
 
 @pytest.mark.parametrize("path", LISTS)
 def test_every_list_paginates_with_a_link_header(client: TestClient, api_key: str, path: str) -> None:
     from core.db import session_scope
     from core.jobs import create_job
-    from core.tables import Alias, Dataset, Model
+    from core.tables import Alias, Dataset, FeatureSet, Model
     from core.tenancy import authenticate
 
     with session_scope() as s:
@@ -67,6 +67,12 @@ def test_every_list_paginates_with_a_link_header(client: TestClient, api_key: st
             s.add_all([Dataset(tenant_id=tenant_id, name=f"d{i}"), model])
             s.flush()
             s.add(Alias(tenant_id=tenant_id, name=f"a{i}", model_id=model.id))
+            s.add(
+                FeatureSet(
+                    tenant_id=tenant_id, cache_key="k", dataset_id="ds_x", version_id=f"dv_{i}", backbone="b",
+                    weights_digest="w", engine="onnx", storage_prefix="p",
+                )
+            )  # fmt: skip
             create_job(s, tenant_id=tenant_id, kind="ingest")
 
     everything = client.get(path, headers=auth(api_key), params={"limit": 500})
@@ -85,3 +91,40 @@ def test_every_list_paginates_with_a_link_header(client: TestClient, api_key: st
 
     bad = client.get(path, headers=auth(api_key), params={"cursor": "not-a-cursor"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"
+
+
+def test_backbones_page_by_name_with_the_tenant_s_fine_tuned_models_among_them(
+    client: TestClient, api_key: str
+) -> None:
+    from core.db import session_scope
+    from core.tables import Model
+    from core.tenancy import authenticate
+    from workers.backbones import list_backbones
+
+    with session_scope() as s:
+        tuned = Model(
+            tenant_id=authenticate(s, api_key).tenant_id, dataset_id="ds_x", version_id="dv_x", backbone="lenet5",
+            strategy="finetune", status="ready", storage_prefix="p",
+        )  # fmt: skip
+        s.add(tuned)
+        s.flush()
+        tuned_id = tuned.id
+    names = sorted([spec.name for spec in list_backbones()] + [f"model:{tuned_id}"])
+
+    first = client.get("/v1/backbones", headers=auth(api_key), params={"limit": 1})
+    assert first.status_code == 200 and [b["name"] for b in first.json()] == names[:1]
+    second = client.get(first.links["next"]["url"], headers=auth(api_key))
+    assert [b["name"] for b in second.json()] == names[1:2] and "limit=1" in second.links["next"]["url"]
+
+    seen, url, params = [], "/v1/backbones", {"limit": 4}
+    while url:
+        resp = client.get(url, headers=auth(api_key), params=params)
+        seen += [b["name"] for b in resp.json()]
+        url, params = resp.links.get("next", {}).get("url"), None
+    assert seen == names  # nothing skipped or repeated, the fine-tuned model in its place by name
+    everything = client.get("/v1/backbones", headers=auth(api_key))
+    assert [b["name"] for b in everything.json()] == names and "link" not in everything.headers
+
+    for cursor in ("not-a-cursor", "WzFd"):  # not base64 JSON; a number where a name belongs ([1])
+        bad = client.get("/v1/backbones", headers=auth(api_key), params={"cursor": cursor})
+        assert bad.status_code == 400 and "Link header" in bad.json()["error"]["message"]

@@ -95,7 +95,7 @@ export async function renderDataset(root, [id], signal) {
     stat("rejected", (ds.rejected || []).length), stat("duplicates", (ds.duplicates || []).length))));
   root.append(h("div", { className: "grid2" }, classCard(ds), rejectedCard(ds)));
   if (ds.status === "ready") {
-    const backbones = await getJSON("/v1/backbones", { signal });
+    const backbones = await getJSON("/v1/backbones?limit=500", { signal });
     root.append(h("div", { className: "grid2" }, trainCard(ds, backbones), compareCard(ds, backbones)));
     root.append(await modelsOfDataset(ds, signal));
   }
