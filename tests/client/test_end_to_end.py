@@ -111,6 +111,13 @@ def test_python_client_folder_to_prediction(deployment, image_folder: Path, new_
         alias = tl.aliases.set("products", model["id"])
         assert alias["model_id"] == model["id"] and "products" in {a["name"] for a in tl.aliases.list()}
         assert tl.aliases.predict("products", files[:2]) == tl.predict(model["id"], files[:2])
+        scoped = server_cli(deployment, "keys", "create", "--tenant", "acme", "--scope", "predict")
+        with Client(deployment.base_url, scoped.stdout.strip().splitlines()[-1]) as app:  # an app that only predicts
+            assert app.predict(model["id"], files[:2]) == tl.predict(model["id"], files[:2])
+            assert app.aliases.predict("products", files[:2]) == tl.predict(model["id"], files[:2])
+            with pytest.raises(APIError) as refused:
+                app.datasets.list()
+            assert refused.value.status == 403 and refused.value.code == "forbidden_scope"
 
         graph = tl.models.export(model["id"], deployment.data_dir.parent)
         assert graph.name == f"{model['id']}.onnx" and graph.stat().st_size > 1_000_000  # the backbone is inside
@@ -225,27 +232,30 @@ def test_command_line_errors_are_one_line(deployment, tmp_path: Path) -> None:
         tl.jobs.list()
 
 
-def test_a_revoked_key_stops_working(deployment) -> None:
-    def server_cli(*args: str) -> subprocess.CompletedProcess:
-        out = subprocess.run(
-            [sys.executable, "-m", "service.cli", *args],
-            env=deployment.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert out.returncode == 0, out.stderr
-        return out
+def server_cli(deployment, *args: str) -> subprocess.CompletedProcess:
+    """The server's ``tlserve`` command (keys), on the deployment's database."""
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        env=deployment.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    return out
 
-    key = server_cli("keys", "create", "--tenant", "revoke-me").stdout.strip().splitlines()[-1]
+
+def test_a_revoked_key_stops_working(deployment) -> None:
+    key = server_cli(deployment, "keys", "create", "--tenant", "revoke-me").stdout.strip().splitlines()[-1]
     before = cli(deployment, "jobs", "list", "--format", "json", key=key)
     assert before.returncode == 0 and json.loads(before.stdout) == []  # a new tenant: works, sees no jobs
-    listed = json.loads(server_cli("keys", "list", "--tenant", "revoke-me", "--format", "json").stdout)
+    listed = json.loads(server_cli(deployment, "keys", "list", "--tenant", "revoke-me", "--format", "json").stdout)
     assert len(listed) == 1 and key.startswith(listed[0]["prefix"]) and listed[0]["revoked_at"] is None
     assert key not in json.dumps(listed)  # the secret is never shown again
-    revoked = server_cli("keys", "revoke", listed[0]["id"]).stdout.strip().splitlines()[-1]
+    revoked = server_cli(deployment, "keys", "revoke", listed[0]["id"]).stdout.strip().splitlines()[-1]
     assert revoked == listed[0]["id"]
     after = assert_one_error_line(cli(deployment, "jobs", "list", key=key))
     assert "401" in after
-    assert json.loads(server_cli("keys", "list", "--tenant", "revoke-me", "--format", "json").stdout)[0]["revoked_at"]
+    keys = server_cli(deployment, "keys", "list", "--tenant", "revoke-me", "--format", "json").stdout
+    assert json.loads(keys)[0]["revoked_at"]
