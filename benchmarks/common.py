@@ -119,6 +119,12 @@ def fashion_features(split: str, count: int, seed: int):  # type: ignore[no-unty
     return np.concatenate(out), labels[picks].astype(str)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     import socket
 

@@ -43,8 +43,10 @@ DESCRIBE: dict[str, tuple[str, str]] = {
     "head_fit": ("bench_head_fit.py", "The logistic head with its C search against a plain GridSearchCV."),
     "predict": (
         "bench_predict.py --requests 200",
-        "Predict latency over loopback HTTP at concurrency 1 and 8 against the bare in-process path "
-        "(targets: p50 at concurrency 1 at most 1.15× bare; throughput at 8 at least 1.5× that at 1).",
+        "Predict latency over loopback HTTP at concurrency 1 and 8 against the bare in-process path, one "
+        "image at a time and in batches of 8 at the same threads (targets: p50 at concurrency 1 at most "
+        "1.15× bare; throughput at 8 at least 0.9× the bare batched one); the CPU share of the load "
+        "generator and of the server during each HTTP run.",
     ),
     "load": (
         "bench_load.py",

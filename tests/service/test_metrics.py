@@ -48,3 +48,17 @@ def test_metrics_can_require_a_key_of_any_scope(api_key: str, monkeypatch: pytes
         for key in (api_key, predict_key):
             resp = client.get("/metrics", headers=auth(key))
             assert resp.status_code == 200 and "tlserve_http_requests_total" in resp.text
+
+
+def test_requests_are_counted_by_route_template_and_status(db: str) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(route: str, status: str) -> float:
+        labels = {"method": "GET", "route": route, "status": status}
+        return REGISTRY.get_sample_value("tlserve_http_requests_total", labels) or 0.0
+
+    before = count("/v1/datasets/{dataset_id}", "401"), count("/healthz", "200")
+    with TestClient(create_app()) as client:
+        assert client.get("/v1/datasets/ds_nothing").status_code == 401
+        assert client.get("/healthz").status_code == 200
+    assert (count("/v1/datasets/{dataset_id}", "401"), count("/healthz", "200")) == (before[0] + 1, before[1] + 1)
