@@ -65,9 +65,14 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
 
 
 def ingest_sample(
-    source: str, per_class: int, params: dict[str, Any], name: str = "bench", side: int | None = None
+    source: str,
+    per_class: int,
+    params: dict[str, Any],
+    name: str = "bench",
+    side: int | None = None,
+    archive: bytes | None = None,
 ) -> tuple[str, str, dict]:
-    """Ingest ``per_class`` real images per class through the ingestion job itself.
+    """Ingest ``per_class`` real images per class (or the zip ``archive``) through the ingestion job itself.
     Returns (tenant id, dataset id, the job's metrics with ``seconds`` and ``archive_bytes`` added)."""
     import time
 
@@ -80,7 +85,8 @@ def ingest_sample(
     from core.tenancy import get_or_create_tenant
     from workers.jobs.ingest import ingest_job
 
-    archive = class_folder_zip(source, per_class=per_class, side=side)
+    if archive is None:
+        archive = class_folder_zip(source, per_class=per_class, side=side)
     with session_scope() as s:
         tenant = get_or_create_tenant(s, name)
         dataset, version = create_dataset(s, tenant.id, f"{source}-{per_class}-{side}", params)

@@ -141,6 +141,7 @@ def test_lpft_starts_from_the_cached_probe_and_reports_it(env) -> None:
     m = model["metrics"]
     assert 0.5 < m["probe_accuracy"] <= 1 and m["accuracy"] > 0.5  # digits on ImageNet features: well above 0.1
     assert model["params"]["finetune"]["head_init"] == "probe"
+    assert _served_test_accuracy(model["id"]) == pytest.approx(m["accuracy"], abs=1.01 / m["split_sizes"]["test"])
 
     probe = client.post(
         "/v1/models", headers=auth(key), json={"dataset_id": dataset_id, "backbone": "efficientnet_lite0"}
@@ -170,3 +171,26 @@ def test_finetune_body_takes_lr_auto_and_the_lpft_fields(env) -> None:
             json={"dataset_id": dataset_id, "backbone": "lenet5", "strategy": "finetune", "finetune": finetune},
         )
         assert bad.status_code == 422, (finetune, bad.text)
+
+
+def _served_test_accuracy(model_id: str) -> float:
+    """The test-split accuracy of the graph the model is served with (a head-only model's metrics come from the
+    feature cache, without a forward pass: they must agree, give or take one near-tie)."""
+    import numpy as np
+
+    from core import datasets as ds
+    from core.db import session_scope
+    from core.storage import get_storage
+    from core.tables import Model
+    from workers.runtime.preprocess import load_rgb, stack_batch
+    from workers.runtime.serving import FinetunedEngine
+
+    with session_scope() as s:
+        row = s.get(Model, model_id)
+        test = [(r.canonical_key, r.label) for r in ds.version_images(s, row.version_id) if r.split == "test"]
+        prefix = row.storage_prefix
+    engine = FinetunedEngine(prefix)
+    storage = get_storage()
+    pixels = stack_batch([load_rgb(storage.get_bytes(key), engine.spec.preprocessing) for key, _ in test])
+    served = np.array(engine.labels)[engine.predict_proba(pixels).argmax(axis=1)]
+    return float(np.mean(served == np.array([label for _, label in test])))

@@ -133,9 +133,9 @@ def finetune_job(ctx: JobContext) -> dict[str, Any]:
     train_seconds = time.perf_counter() - start
     ctx.check_cancelled(force=True)
     ctx.progress("evaluate", 0, 1, force=True)
-    metrics = _evaluate(result.model, spec, classes, by_split)
-    metrics.update(_probe_report(result, cached, classes, cfg.seed))
     digest = _store(model, spec, result, classes)
+    metrics = _evaluate(_scorer(result.model, model.storage_prefix, cfg, cached), classes, by_split)
+    metrics.update(_probe_report(result, cached, classes, cfg.seed))
     summary = {
         "history": result.history,
         "best_epoch": result.best_epoch,
@@ -205,20 +205,54 @@ def _probe_report(
     return {"probe_accuracy": accuracy, "probe_C": probe.C}
 
 
-def _pixels(rows: list[Any], spec: BackboneSpec) -> np.ndarray:
-    storage = get_storage()
-    return stack_batch([load_rgb(storage.get_bytes(r.canonical_key), spec.preprocessing) for r in rows])
+EVAL_BATCH = 64
 
 
-def _probabilities(model: Any, spec: BackboneSpec, rows: list[Any]) -> np.ndarray:
-    from workers.training.logits import predict_logits
+def _scorer(net: Any, prefix: str, cfg: Any, cached: dict[str, tuple[np.ndarray, np.ndarray]] | None) -> Any:
+    """What scores a split's rows: ``(split, rows) -> probabilities``.
 
-    if not rows:
-        return np.zeros((0, 0), np.float32)
-    return softmax(predict_logits(model, _pixels(rows, spec), spec.preprocessing).numpy())
+    A head-only fine-tune leaves the trunk as it was (frozen, BatchNorm in eval mode), so its logits are the
+    new head on the cached features (the same eval-mode network, checked to 1e-4 at export): no forward pass.
+    Any other policy is scored by the graph it will be served with (``model.onnx`` through ONNX Runtime, or
+    eager torch when the export check failed), in batches, decoding the next batch during the forward."""
+    import torch
+    from torch import nn
+
+    from workers.runtime.serving import FinetunedEngine
+
+    head = net.classifier
+    if cfg.policy.kind == "head" and cfg.resolved_bn_eval() and cached is not None and isinstance(head, nn.Linear):
+
+        def from_features(split: str, rows: list[Any]) -> np.ndarray:
+            with torch.no_grad():
+                logits = head.eval()(torch.from_numpy(np.ascontiguousarray(cached[split][0], np.float32)))
+            return softmax(logits.numpy())
+
+        return from_features
+    engine = FinetunedEngine(prefix)
+    spec, storage = engine.spec, get_storage()
+
+    def decode(batch: list[Any]) -> np.ndarray:
+        return stack_batch([load_rgb(storage.get_bytes(r.canonical_key), spec.preprocessing) for r in batch])
+
+    def from_images(split: str, rows: list[Any]) -> np.ndarray:
+        from concurrent.futures import ThreadPoolExecutor
+
+        batches = [rows[i : i + EVAL_BATCH] for i in range(0, len(rows), EVAL_BATCH)]
+        out = []
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(decode, batches[0])
+            for b in range(len(batches)):
+                pixels = pending.result()
+                if b + 1 < len(batches):
+                    pending = pool.submit(decode, batches[b + 1])
+                out.append(engine.predict_proba(pixels))
+        return np.concatenate(out)
+
+    return from_images
 
 
-def _evaluate(model: Any, spec: BackboneSpec, classes: list[str], by_split: dict[str, list[Any]]) -> dict[str, Any]:
+def _evaluate(score: Any, classes: list[str], by_split: dict[str, list[Any]]) -> dict[str, Any]:
     """The same report as a linear probe's: test-split metrics, with train and val accuracy beside them."""
     from classifiers.metrics import classification_metrics
 
@@ -228,7 +262,7 @@ def _evaluate(model: Any, spec: BackboneSpec, classes: list[str], by_split: dict
         rows = by_split[split]
         if not rows:
             continue
-        pred = names[_probabilities(model, spec, rows).argmax(axis=1)]
+        pred = names[score(split, rows).argmax(axis=1)]
         truth = np.array([r.label for r in rows])
         if split == "test":
             out.update(classification_metrics(truth, pred, classes))
