@@ -345,17 +345,21 @@ def complete(job_id: str, metrics: dict[str, Any] | None = None, owner: str | No
         _finish(job, JobStatus.SUCCEEDED)
 
 
-def fail(job_id: str, code: str, message: str, owner: str | None = None) -> None:
+def fail(job_id: str, code: str, message: str, owner: str | None = None) -> bool:
+    """Record a failure; ``False`` when the job is no longer this owner's (nothing recorded)."""
     with session_scope() as s:
         job = _lock(s, job_id)
         if not _still_ours(job, owner):
-            return
+            return False
         _finish(job, JobStatus.FAILED, {"code": code, "message": message})
+        return True
 
 
-def cancelled(job_id: str, owner: str | None = None) -> None:
+def cancelled(job_id: str, owner: str | None = None) -> bool:
+    """Record a cancel; ``False`` when the job is no longer this owner's (nothing recorded)."""
     with session_scope() as s:
         job = _lock(s, job_id)
         if not _still_ours(job, owner):
-            return
+            return False
         _finish(job, JobStatus.CANCELLED)
+        return True
