@@ -16,7 +16,6 @@ from typing import Any
 
 from core import jobs
 from core.errors import JobCancelled, JobReleased, LeaseLost, TLServeError
-from core.keys import upload_prefix
 from core.settings import get_settings
 from core.storage import get_storage
 
@@ -134,9 +133,10 @@ def _attempt(ctx: jobs.JobContext, body: JobBody, owner: str) -> bool:
 def _drop_upload(ctx: jobs.JobContext) -> None:
     """A job that failed or was cancelled never reads its upload again (an archive of up to 512 MB): remove
     it now; whatever this misses (a worker killed here, a job cancelled while queued) the sweeper removes."""
-    if "upload_key" not in ctx.params and "manifest_key" not in ctx.params:
+    prefix = jobs.upload_of(ctx)
+    if prefix is None:
         return
     try:
-        get_storage().delete_prefix(upload_prefix(ctx.tenant_id, ctx.job_id))
+        get_storage().delete_prefix(prefix)
     except Exception:  # the store is unreachable: the sweeper removes it later
         log.warning("job %s: could not remove its upload", ctx.job_id, exc_info=True)

@@ -304,3 +304,21 @@ def test_deleting_a_dataset_whose_ingestion_failed_removes_its_upload(client: Te
     assert get_storage().list(prefix)  # the failed job keeps its upload (a retry would need it)
     assert client.delete(f"/v1/datasets/{body['id']}", headers=auth(api_key)).status_code == 204
     assert not get_storage().list(prefix)
+
+
+def test_cancelling_a_queued_ingestion_removes_its_upload(client: TestClient, api_key: str) -> None:
+    from core import jobs
+    from core.db import session_scope
+    from core.keys import upload_key
+    from core.storage import get_storage
+    from core.tenancy import get_or_create_tenant
+
+    with session_scope() as s:  # a job row that no worker has taken yet
+        tenant_id = get_or_create_tenant(s, "acme").id
+        job = jobs.create_job(s, tenant_id=tenant_id, kind="ingest")
+        job.params = {"mode": "archive", "upload_key": upload_key(tenant_id, job.id)}
+        job_id, key = job.id, job.params["upload_key"]
+    get_storage().put_bytes(key, b"PK\x03\x04 an archive")
+    resp = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(api_key))
+    assert resp.status_code == 202 and resp.json()["status"] == "cancelled", resp.text
+    assert not get_storage().exists(key)
