@@ -33,7 +33,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.db import session_scope
-from core.keys import features_prefix
 from core.settings import get_settings
 from core.status import ACTIVE_JOB, ResourceStatus, VersionStatus
 from core.storage import ObjectInfo, Storage, get_storage
@@ -93,8 +92,9 @@ def _unneeded(s: Session, tenant_id: str, kind: str, owner: str, objects: list[O
         status = s.scalar(select(Model.status).where(Model.id == owner, Model.tenant_id == tenant_id))
         return [] if status in _LIVE else objects
     if kind == "features":
-        prefix = features_prefix(tenant_id, owner)
-        statuses = set(s.scalars(select(FeatureSet.status).where(FeatureSet.storage_prefix == prefix)))
+        # every row of these vectors has storage_prefix features_prefix(tenant_id, cache_key)
+        stmt = select(FeatureSet.status).where(FeatureSet.tenant_id == tenant_id, FeatureSet.cache_key == owner)
+        statuses = set(s.scalars(stmt))
         return [] if statuses & set(_LIVE) else objects
     # datasets
     if s.scalar(select(Dataset.id).where(Dataset.id == owner, Dataset.tenant_id == tenant_id)) is None:
