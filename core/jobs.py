@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, object_session
 from core import usage
 from core.db import get_owned, session_scope
 from core.errors import JobCancelled, JobReleased, LeaseLost
+from core.keys import upload_prefix
 from core.pagination import DEFAULT_LIMIT, Page, keyset_page
 from core.settings import get_settings
 from core.status import TERMINAL_JOB as TERMINAL
@@ -63,6 +64,14 @@ def list_jobs(session: Session, tenant_id: str, limit: int = DEFAULT_LIMIT, curs
     """A page of the tenant's jobs, newest first."""
     stmt = select(Job).where(Job.tenant_id == tenant_id)
     return keyset_page(session, stmt, [Job.created_at, Job.id], limit, cursor, descending=True)
+
+
+def upload_of(job: Job | JobContext) -> str | None:
+    """The storage prefix of the upload a job reads (an ingestion's archive or files, a batch prediction's
+    images), or ``None``. Once the job has ended nothing reads it again."""
+    if "upload_key" in job.params or "manifest_key" in job.params:
+        return upload_prefix(job.tenant_id, job.id if isinstance(job, Job) else job.job_id)
+    return None
 
 
 def request_cancel(session: Session, tenant_id: str, job_id: str) -> Job:
@@ -345,17 +354,21 @@ def complete(job_id: str, metrics: dict[str, Any] | None = None, owner: str | No
         _finish(job, JobStatus.SUCCEEDED)
 
 
-def fail(job_id: str, code: str, message: str, owner: str | None = None) -> None:
+def fail(job_id: str, code: str, message: str, owner: str | None = None) -> bool:
+    """Record a failure; ``False`` when the job is no longer this owner's (nothing recorded)."""
     with session_scope() as s:
         job = _lock(s, job_id)
         if not _still_ours(job, owner):
-            return
+            return False
         _finish(job, JobStatus.FAILED, {"code": code, "message": message})
+        return True
 
 
-def cancelled(job_id: str, owner: str | None = None) -> None:
+def cancelled(job_id: str, owner: str | None = None) -> bool:
+    """Record a cancel; ``False`` when the job is no longer this owner's (nothing recorded)."""
     with session_scope() as s:
         job = _lock(s, job_id)
         if not _still_ours(job, owner):
-            return
+            return False
         _finish(job, JobStatus.CANCELLED)
+        return True

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(10.0, gt=0)
     reaper_interval_s: float = Field(10.0, gt=0)
     queued_grace_s: float = Field(30.0, ge=0)  # a queued job is re-sent only after this long without a message
+    # The sweeper (``tlserve sweep``, and a thread in every worker's main process every sweep_interval_s; 0
+    # turns the thread off) deletes stored objects that no live row needs; never one younger than sweep_grace_s.
+    sweep_interval_s: float = Field(3600.0, ge=0)
+    sweep_grace_s: float = Field(3600.0, ge=0)
     # Time limits per job (soft: the job fails with "time_limit"; hard: the process is killed), both below
     # the broker's visibility timeout, which is no longer how jobs are recovered.
     job_soft_time_limit_s: int = Field(5 * 3600, ge=10)

@@ -21,8 +21,10 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
@@ -40,6 +42,15 @@ def check_key(key: str) -> str:
     return key
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object as a listing sees it: its key, size in bytes and last write (Unix seconds)."""
+
+    key: str
+    size: int
+    modified: float
+
+
 class Storage(Protocol):
     def put_bytes(self, key: str, data: bytes, *, durable: bool = True) -> None: ...
     def sync(self) -> None: ...
@@ -50,7 +61,9 @@ class Storage(Protocol):
     def size(self, key: str) -> int: ...
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def delete_many(self, keys: Iterable[str]) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
+    def scan(self, prefix: str) -> list[ObjectInfo]: ...
     def local_path(self, key: str) -> Path: ...
     def writer(self, key: str, *, durable: bool = True) -> AbstractContextManager[IO[bytes]]: ...
 
@@ -76,7 +89,11 @@ class LocalStorage:
         objects are published (ingestion writes thousands of small images)."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        except FileNotFoundError:  # the sweeper pruned the empty folder in between: make it again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
                 yield fh
@@ -123,13 +140,41 @@ class LocalStorage:
         else:
             path.unlink(missing_ok=True)
 
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete these objects, then the folders they leave empty (up to the root, never the root)."""
+        parents = set()
+        for key in keys:
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            parents.add(path.parent)
+        for folder in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+            while folder != self.root and self.root in folder.parents:
+                try:
+                    folder.rmdir()  # fails on a folder that is not empty: a sibling, or a write just begun
+                except OSError:
+                    break
+                folder = folder.parent
+
     def list(self, prefix: str) -> list[str]:
+        return [info.key for info in self.scan(prefix)]
+
+    def scan(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under ``prefix`` with its size and modification time, sorted by key; writes under
+        way (their temporary files) are not objects yet."""
         base = self._path(prefix.rstrip("/"))
         if not base.is_dir():
             return []
-        return sorted(
-            str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")
-        )
+        found = []
+        for p in base.rglob("*"):
+            if p.name.startswith(".tmp-"):
+                continue
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # deleted while listing
+                continue
+            if p.is_file():
+                found.append(ObjectInfo(str(p.relative_to(self.root)), st.st_size, st.st_mtime))
+        return sorted(found, key=lambda info: info.key)
 
     def local_path(self, key: str) -> Path:
         """A filesystem path for libraries that need one (ONNX Runtime, numpy memmap)."""
@@ -272,19 +317,51 @@ class FsspecStorage:
             self.fs.rm([self._path(k) for k in keys])
         self.fs.invalidate_cache(path)
 
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete these objects, a thousand per request (S3's batch delete)."""
+        paths = [self._path(k) for k in keys]
+        for i in range(0, len(paths), 1000):
+            with suppress(FileNotFoundError):
+                self.fs.rm(paths[i : i + 1000])
+
     def list(self, prefix: str) -> list[str]:
+        return [info.key for info in self.scan(prefix)]
+
+    def scan(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under ``prefix`` with its size and last write, sorted by key."""
         base = self._path(prefix.rstrip("/"))
         try:
-            found = self.fs.find(base + "/")
+            found = self.fs.find(base + "/", detail=True)
         except FileNotFoundError:
             return []
-        return sorted(k for k in map(self._key, found) if k.startswith(prefix.rstrip("/") + "/"))
+        out = []
+        for path, info in found.items():
+            key = self._key(path)
+            if key.startswith(prefix.rstrip("/") + "/") and info.get("type", "file") == "file":
+                out.append(ObjectInfo(key, int(info.get("size") or 0), _modified(info)))
+        return sorted(out, key=lambda info: info.key)
 
     def local_path(self, key: str) -> Path:
         """A local copy in the bounded cache (``TLSERVE_CACHE_DIR``), fetched when missing or changed."""
         info = self._info(key)
         version = f"{info.get('ETag') or info.get('etag') or ''}:{info['size']}"
         return self.cache.get(key, version, lambda dest: self.fs.get_file(self._path(key), dest))
+
+
+def _modified(info: dict[str, Any]) -> float:
+    """An fsspec listing entry's last write in Unix seconds (``LastModified`` on S3, ``mtime`` or
+    ``updated`` elsewhere); with none, now, so that whatever reads it treats the object as new."""
+    import time
+
+    value = info.get("LastModified") or info.get("mtime") or info.get("updated") or info.get("last_modified")
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        with suppress(ValueError):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return time.time()
 
 
 @lru_cache(maxsize=4)

@@ -67,14 +67,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue_size=settings.batch_queue_size,
         deadline_s=settings.batch_deadline_s,
     )
-    reaper = None
-    if settings.broker_is_memory:  # jobs run in this process: so does their reaper
+    reaper = sweeper = None
+    if settings.broker_is_memory:  # jobs run in this process: so do their reaper and the sweeper
+        from core.sweeper import SweepThread
         from workers.reaper import Reaper
 
-        reaper = Reaper().start()
+        reaper, sweeper = Reaper().start(), SweepThread().start()
     yield
     if reaper is not None:
         reaper.stop()
+    if sweeper is not None:
+        sweeper.stop()
     app.state.batcher.close()
     from core.db import dispose_engines
 

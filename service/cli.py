@@ -293,6 +293,42 @@ def migrate() -> None:
     _migrate()
 
 
+@cli.command("sweep")
+@click.option("--dry-run", is_flag=True, help="only report what would be deleted")
+@click.option(
+    "--grace-seconds",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="leave alone objects younger than this (default: TLSERVE_SWEEP_GRACE_S, one hour)",
+)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def sweep(dry_run: bool, grace_seconds: float | None, fmt: str) -> None:
+    """Delete stored objects no live row needs: uploads of ended jobs, the files of deleted datasets,
+    feature sets and models, and what failed ingestions, extractions and trainings left."""
+    from core.migrate import upgrade
+    from core.sweeper import sweep as sweep_storage
+
+    upgrade(get_settings().resolved_database_url)
+    summary = sweep_storage(grace_s=grace_seconds, dry_run=dry_run)
+    if fmt == "json":
+        print(json.dumps(summary.as_dict(), indent=2))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    young = f"{summary.too_young} younger than {summary.grace_s:g} s"
+    print(f"scanned {summary.scanned} object(s), {_size(summary.scanned_bytes)}; {young}")
+    for kind, entry in sorted(summary.by_kind.items()):
+        print(f"  {kind:<10} {verb} {entry['objects']} object(s), {_size(entry['bytes'])}")
+    print(f"{verb} {summary.deleted} object(s), {_size(summary.deleted_bytes)}")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 @cli.command("warm")
 @click.argument("backbones", nargs=-1)
 def warm(backbones: tuple[str, ...]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from core import jobs
 from core.errors import JobCancelled, JobReleased, LeaseLost, TLServeError
 from core.settings import get_settings
+from core.storage import get_storage
 
 log = logging.getLogger(__name__)
 
@@ -90,34 +91,52 @@ def run_job(job_id: str, body: JobBody, owner: str | None = None) -> None:
         return
     log.info("job %s (%s) attempt %d started by %s", job_id, ctx.kind, ctx.attempt, owner)
     with Heartbeat(ctx):
-        try:
-            metrics = body(ctx)
-        except LeaseLost:
-            log.warning("job %s: stopped; another worker holds it now", job_id)
-        except JobReleased:
-            if jobs.release(job_id, owner):  # unsent: the next reaper round, on any worker, sends it
-                log.info("job %s: given back to the queue (worker draining)", job_id)
-        except JobCancelled:
-            log.info("job %s cancelled", job_id)
-            jobs.cancelled(job_id, owner)
-        except TLServeError as exc:
-            if _cancel_requested(ctx):  # e.g. its dataset was deleted under it: that is a cancel, not a fault
-                log.info("job %s cancelled (it stopped on: %s)", job_id, exc.message)
-                jobs.cancelled(job_id, owner)
-                return
-            log.info("job %s failed: %s", job_id, exc.message)
-            jobs.fail(job_id, exc.code, exc.message, owner)
-        except _time_limit_error():
-            limit = get_settings().soft_time_limit_s(ctx.kind)
-            jobs.fail(job_id, "time_limit", f"the job ran longer than its time limit ({limit} s)", owner)
-        except Exception:  # a bug or an environment fault: recorded on the job, never lost
-            # The details (SQL, parameters, storage keys, the traceback) go to the log, never to the user.
-            if _cancel_requested(ctx):  # what it read was deleted with the cancel: not a fault
-                log.info("job %s cancelled (it stopped on:\n%s)", job_id, traceback.format_exc())
-                jobs.cancelled(job_id, owner)
-                return
-            log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
-            jobs.fail(job_id, "internal_error", INTERNAL_ERROR_MESSAGE.format(job_id=job_id), owner)
-        else:
-            jobs.complete(job_id, metrics, owner)
-            log.info("job %s succeeded", job_id)
+        if _attempt(ctx, body, owner):
+            _drop_upload(ctx)
+
+
+def _attempt(ctx: jobs.JobContext, body: JobBody, owner: str) -> bool:
+    """Run the body and record how it ended; ``True`` when this attempt recorded a failure or a cancel."""
+    job_id = ctx.job_id
+    try:
+        metrics = body(ctx)
+    except LeaseLost:
+        log.warning("job %s: stopped; another worker holds it now", job_id)
+    except JobReleased:
+        if jobs.release(job_id, owner):  # unsent: the next reaper round, on any worker, sends it
+            log.info("job %s: given back to the queue (worker draining)", job_id)
+    except JobCancelled:
+        log.info("job %s cancelled", job_id)
+        return jobs.cancelled(job_id, owner)
+    except TLServeError as exc:
+        if _cancel_requested(ctx):  # e.g. its dataset was deleted under it: that is a cancel, not a fault
+            log.info("job %s cancelled (it stopped on: %s)", job_id, exc.message)
+            return jobs.cancelled(job_id, owner)
+        log.info("job %s failed: %s", job_id, exc.message)
+        return jobs.fail(job_id, exc.code, exc.message, owner)
+    except _time_limit_error():
+        limit = get_settings().soft_time_limit_s(ctx.kind)
+        return jobs.fail(job_id, "time_limit", f"the job ran longer than its time limit ({limit} s)", owner)
+    except Exception:  # a bug or an environment fault: recorded on the job, never lost
+        # The details (SQL, parameters, storage keys, the traceback) go to the log, never to the user.
+        if _cancel_requested(ctx):  # what it read was deleted with the cancel: not a fault
+            log.info("job %s cancelled (it stopped on:\n%s)", job_id, traceback.format_exc())
+            return jobs.cancelled(job_id, owner)
+        log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+        return jobs.fail(job_id, "internal_error", INTERNAL_ERROR_MESSAGE.format(job_id=job_id), owner)
+    else:
+        jobs.complete(job_id, metrics, owner)
+        log.info("job %s succeeded", job_id)
+    return False
+
+
+def _drop_upload(ctx: jobs.JobContext) -> None:
+    """A job that failed or was cancelled never reads its upload again (an archive of up to 512 MB): remove
+    it now; whatever this misses (a worker killed here, a job cancelled while queued) the sweeper removes."""
+    prefix = jobs.upload_of(ctx)
+    if prefix is None:
+        return
+    try:
+        get_storage().delete_prefix(prefix)
+    except Exception:  # the store is unreachable: the sweeper removes it later
+        log.warning("job %s: could not remove its upload", ctx.job_id, exc_info=True)

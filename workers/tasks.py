@@ -1,5 +1,5 @@
-"""Thin, id-based Celery tasks, one per job kind, and the worker's life cycle: the reaper thread in the
-main process, and the drain on SIGTERM.
+"""Thin, id-based Celery tasks, one per job kind, and the worker's life cycle: the reaper and sweeper
+threads in the main process, and the drain on SIGTERM.
 
 Each task claims its job row through ``run_job`` and calls the kind's body. A database outage while a job
 is claimed or recorded does not drop the message: the task is retried later (and the reaper recovers the
@@ -19,6 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from core import jobs
 from core.settings import get_settings
+from core.sweeper import SweepThread
 from workers.celery_app import app
 from workers.jobs import BODIES, body
 from workers.reaper import Reaper
@@ -49,14 +50,17 @@ def _task(kind: str) -> Any:
 TASKS = {kind: _task(kind) for kind in BODIES}
 
 _reaper: Reaper | None = None
+_sweeper: SweepThread | None = None
 
 
 @worker_ready.connect
 def _start_reaper(**_: object) -> None:
-    """The worker's main process runs the reaper, so jobs are recovered wherever workers run, and exports
-    the default backbones in the background if the installation's graph cache lacks them."""
-    global _reaper
+    """The worker's main process runs the reaper, so jobs are recovered wherever workers run, and the
+    sweeper (every ``sweep_interval_s``), and exports the default backbones in the background if the
+    installation's graph cache lacks them."""
+    global _reaper, _sweeper
     _reaper = Reaper().start()
+    _sweeper = SweepThread().start()
     threading.Thread(target=_warm, name="tlserve-warm", daemon=True).start()
 
 
@@ -77,6 +81,8 @@ def _drain(**_: object) -> None:
     elsewhere sends the jobs again."""
     if _reaper is not None:
         _reaper.stop(timeout=1.0)
+    if _sweeper is not None:
+        _sweeper.stop(timeout=1.0)
     # the pool's children name their leases after their parent, this process (``runner.worker_name``)
     prefix = os.environ.get("TLSERVE_WORKER_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     try:

@@ -11,6 +11,8 @@ from starlette.concurrency import run_in_threadpool
 
 from core import jobs
 from core.db import session_scope
+from core.status import JobStatus
+from core.storage import get_storage
 from service.deps import SessionDep, SettingsDep, TenantDep
 from service.pagination import PageDep, set_link_header
 from service.schemas import JobOut
@@ -36,7 +38,13 @@ def get_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> JobOut:
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
 def cancel_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> JobOut:
-    return JobOut.from_row(jobs.request_cancel(session, tenant_id, job_id))
+    """A queued job is cancelled at once (its upload removed with it); a running one within one batch."""
+    job = jobs.request_cancel(session, tenant_id, job_id)
+    out = JobOut.from_row(job)
+    if job.status == JobStatus.CANCELLED and (prefix := jobs.upload_of(job)) is not None:
+        session.commit()  # the upload goes only once the cancel is recorded
+        get_storage().delete_prefix(prefix)
+    return out
 
 
 def _snapshot(tenant_id: str, job_id: str) -> dict[str, Any]:

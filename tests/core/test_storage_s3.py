@@ -68,6 +68,23 @@ def test_every_method_round_trips(storage: Storage) -> None:
     storage.delete_prefix("never/written")
 
 
+def test_scan_gives_sizes_and_times_and_delete_many_removes_a_batch(storage: Storage) -> None:
+    import time
+
+    before = time.time()
+    for key, data in (("s/a/1.bin", b"1"), ("s/a/2.bin", b"22"), ("s/b/3.bin", b"333"), ("sx/4.bin", b"4")):
+        storage.put_bytes(key, data)
+    found = storage.scan("s")
+    assert [(i.key, i.size) for i in found] == [("s/a/1.bin", 1), ("s/a/2.bin", 2), ("s/b/3.bin", 3)]
+    assert all(before - 5 <= i.modified <= time.time() + 5 for i in found)  # S3 keeps whole seconds
+    assert storage.scan("nothing") == []
+    storage.delete_many(["s/a/1.bin", "s/b/3.bin", "s/b/never-written"])
+    assert storage.list("s") == ["s/a/2.bin"] and storage.exists("sx/4.bin")
+    if isinstance(storage, LocalStorage):  # the folder the batch emptied goes; the root and the rest stay
+        assert not (storage.root / "s" / "b").exists() and (storage.root / "s" / "a").is_dir()
+    storage.delete_many([])
+
+
 def test_missing_keys_raise_file_not_found(storage: Storage) -> None:
     for read in (storage.get_bytes, storage.size, storage.open):
         with pytest.raises(FileNotFoundError):

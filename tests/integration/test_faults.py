@@ -130,7 +130,10 @@ def test_cancel_of_each_kind_while_queued_frees_its_resource(tmp_path: Path, pos
         redis.Redis.from_url(REDIS_URL).flushdb()
         # ingestion: the version becomes cancelled and the dataset takes new images at once
         first = upload_dataset(client, key, class_folder_zip("digits", per_class=5), name="cancel-me").json()
+        uploads = dep.data_dir / "artifacts" / "tenants"
+        assert [p.name for p in uploads.glob("*/uploads/*/*")] == ["archive.zip"]
         assert client.post(f"/v1/jobs/{first['job_id']}/cancel", headers=auth(key)).json()["status"] == "cancelled"
+        assert list(uploads.glob("*/uploads/*/*")) == []  # its upload went with it, not an hour later
         dataset = client.get(f"/v1/datasets/{first['id']}", headers=auth(key)).json()
         assert dataset["status"] == "cancelled"
         more = client.post(

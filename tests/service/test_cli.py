@@ -88,3 +88,28 @@ def test_tenants_quota_sets_shows_and_resets_a_tenant_s_own_limits(db: str) -> N
     assert back["limits"] == shown["limits"]
     missing = run("tenants", "quota", "nobody")
     assert missing.exit_code == 1 and "no tenant 'nobody'" in missing.stderr
+
+
+def test_sweep_reports_then_deletes_an_orphaned_upload(db: str) -> None:
+    import os
+    import time
+
+    from core.storage import get_storage
+
+    storage = get_storage()
+    storage.put_bytes("tenants/tn_gone/uploads/job_gone/archive.zip", b"x" * 2048)
+    storage.put_bytes("tenants/tn_gone/uploads/job_new/archive.zip", b"x" * 10)
+    old = time.time() - 7200
+    os.utime(storage.local_path("tenants/tn_gone/uploads/job_gone/archive.zip"), (old, old))
+
+    dry = run("sweep", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "uploads    would delete 1 object(s), 2.0 KiB" in dry.stdout and "1 younger than 3600 s" in dry.stdout
+    assert storage.exists("tenants/tn_gone/uploads/job_gone/archive.zip")
+
+    done = run("sweep", "--grace-seconds", "0", "--format", "json")
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["deleted"] == summary["by_kind"]["uploads"]["objects"] == 2 and summary["deleted_bytes"] == 2058
+    assert storage.list("tenants") == []
+    assert "--grace-seconds" in run("sweep", "--help").stdout

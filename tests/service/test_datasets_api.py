@@ -290,17 +290,35 @@ def test_file_names_of_any_length_are_stored_shortened_and_kept_apart(client: Te
     assert len(long) == 2 and all(len(n) <= 500 and n.endswith(".png") for n in long)
 
 
-def test_deleting_a_dataset_whose_ingestion_failed_removes_its_upload(client: TestClient, api_key: str) -> None:
+def test_a_failed_ingestion_removes_its_upload_and_the_dataset_still_deletes(client: TestClient, api_key: str) -> None:
     from core.db import session_scope
     from core.keys import upload_prefix
     from core.storage import get_storage
     from core.tables import Job
 
     body = upload_dataset(client, api_key, zip_bytes({"a/x.png": b"nope", "b/y.jpg": b"nope"})).json()
-    job = wait_for_job(client, body["job_id"], api_key)
-    assert job["status"] == "failed"
     with session_scope() as s:
         prefix = upload_prefix(s.get(Job, body["job_id"]).tenant_id, body["job_id"])
-    assert get_storage().list(prefix)  # the failed job keeps its upload (a retry would need it)
+    job = wait_for_job(client, body["job_id"], api_key)
+    assert job["status"] == "failed"
+    assert not get_storage().list(prefix)  # a failed job is never run again: its archive goes at once
     assert client.delete(f"/v1/datasets/{body['id']}", headers=auth(api_key)).status_code == 204
     assert not get_storage().list(prefix)
+
+
+def test_cancelling_a_queued_ingestion_removes_its_upload(client: TestClient, api_key: str) -> None:
+    from core import jobs
+    from core.db import session_scope
+    from core.keys import upload_key
+    from core.storage import get_storage
+    from core.tenancy import get_or_create_tenant
+
+    with session_scope() as s:  # a job row that no worker has taken yet
+        tenant_id = get_or_create_tenant(s, "acme").id
+        job = jobs.create_job(s, tenant_id=tenant_id, kind="ingest")
+        job.params = {"mode": "archive", "upload_key": upload_key(tenant_id, job.id)}
+        job_id, key = job.id, job.params["upload_key"]
+    get_storage().put_bytes(key, b"PK\x03\x04 an archive")
+    resp = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(api_key))
+    assert resp.status_code == 202 and resp.json()["status"] == "cancelled", resp.text
+    assert not get_storage().exists(key)

@@ -80,3 +80,45 @@ def test_a_job_that_fails_because_it_was_cancelled_under_it_ends_cancelled(db: s
     with session_scope() as s:
         job = s.get(Job, job_id)
         assert job.status == "cancelled" and job.error is None
+
+
+@pytest.mark.parametrize(
+    ("error", "upload_left"),
+    [
+        ("invalid", False),
+        ("cancelled", False),
+        ("crash", False),
+        ("released", True),
+        ("lease_lost", True),
+        ("crash_after_takeover", True),  # not this worker's job any more: its failure is not recorded
+    ],
+)
+def test_an_ingestion_that_ends_failed_or_cancelled_removes_its_upload(db: str, error: str, upload_left: bool) -> None:
+    """A failed or cancelled job never reads its upload again; one given back to the queue, or now held by
+    another worker, still needs it."""
+    from core.errors import InvalidInput, JobCancelled, JobReleased, LeaseLost
+    from core.keys import upload_key
+    from core.storage import get_storage
+
+    with session_scope() as s:
+        tenant = get_or_create_tenant(s, "acme")
+        job = jobs.create_job(s, tenant_id=tenant.id, kind="ingest")
+        job.params = {"mode": "archive", "upload_key": upload_key(tenant.id, job.id)}
+        job_id, key = job.id, job.params["upload_key"]
+    get_storage().put_bytes(key, b"PK\x03\x04 an archive")
+
+    def body(ctx: jobs.JobContext) -> dict:
+        if error in ("lease_lost", "crash_after_takeover"):
+            with session_scope() as s:
+                s.get(Job, ctx.job_id).lease_owner = "another-worker"  # the reaper gave it to another worker
+        raise {
+            "invalid": InvalidInput("no usable images in the upload"),
+            "cancelled": JobCancelled("cancelled"),
+            "crash": RuntimeError("a bug"),
+            "crash_after_takeover": RuntimeError("a bug"),
+            "released": JobReleased("draining"),
+            "lease_lost": LeaseLost("another worker holds it"),
+        }[error]
+
+    run_job(job_id, body, owner="test")
+    assert get_storage().exists(key) is upload_left
