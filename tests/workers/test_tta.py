@@ -1,6 +1,6 @@
-"""Test-time augmentation in ``workers/runtime/serving.py``: a real LeNet-5 engine (random weights) behind a
-fitted scikit-learn head and behind its own softmax; the averaged probabilities equal the mean of predicting
-the original and the mirrored PNG one by one."""
+"""Test-time augmentation (``serving.augment``/``merge``, ``inference.predict_images``): a real LeNet-5 engine
+(random weights) behind a fitted scikit-learn head and behind its own softmax; the averaged probabilities
+equal the mean of predicting the original and the mirrored PNG one by one."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from classifiers.scores import softmax
 from core.errors import InvalidInput
 from core.sample_data import iter_labelled_pngs
 from workers.backbones import get_backbone
-from workers.runtime.serving import Predictor, augment, check_tta, merge, predict_images
+from workers.runtime.inference import predict_images
+from workers.runtime.serving import Predictor, augment, check_tta, merge
 
 pytestmark = pytest.mark.slow
 

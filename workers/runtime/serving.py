@@ -229,19 +229,3 @@ def merge(probs: np.ndarray, tta: Sequence[str]) -> np.ndarray:
     if not tta:
         return probs
     return probs.reshape(1 + len(tta), -1, probs.shape[1]).mean(axis=0)
-
-
-def predict_images(predictor: Predictor, images: Sequence[bytes], tta: Sequence[str] = ()) -> np.ndarray:
-    """Class probabilities (columns follow ``predictor.labels``) of encoded images, in order, with optional
-    test-time augmentation: the predict route's computation without HTTP and the micro-batcher, for
-    benchmarks and scripts. An image that cannot be decoded → ``InvalidInput`` naming its position."""
-    from workers.runtime.inference import decode_files
-
-    tta = check_tta(tta)
-    batch = decode_files([(str(i), data) for i, data in enumerate(images)], predictor.spec)
-    if batch.errors:
-        i, why = next(iter(batch.errors.items()))
-        raise InvalidInput(f"image {i}: {why}")
-    if batch.pixels is None:
-        return np.zeros((0, len(predictor.labels)), np.float32)
-    return merge(predictor.predict_proba(augment(batch.pixels, tta)), tta)
