@@ -125,7 +125,7 @@ async def predict_files(
 ) -> dict[str, Any]:
     """The predictions of one model for uploaded files: the body of ``POST .../predict``, by id or alias.
     With ``tta`` the variants go through the micro-batcher as extra rows of the same request (the
-    computation of ``serving.predict_images``)."""
+    computation of ``inference.predict_images``)."""
     augmentations = check_tta(tta or [])
     payload = await read_files(files, settings)
     predictor, batch, pixels = await run_in_threadpool(_prepare, tenant_id, model_id, payload, augmentations)
