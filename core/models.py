@@ -142,8 +142,11 @@ def create_comparison(session: Session, tenant_id: str, *, dataset_id: str, vers
     )
 
 
-def create_batch_prediction(session: Session, tenant_id: str, model_id: str, top_k: int) -> tuple[Job, str]:
-    """A queued batch-prediction job and the storage key its upload goes to (the caller stores it)."""
+def create_batch_prediction(
+    session: Session, tenant_id: str, model_id: str, top_k: int, tta: list[str] | None = None
+) -> tuple[Job, str]:
+    """A queued batch-prediction job and the storage key its upload goes to (the caller stores it); ``tta``
+    names checked test-time augmentations."""
     model = ready_model(session, tenant_id, model_id)
     job = create_job(
         session,
@@ -154,7 +157,7 @@ def create_batch_prediction(session: Session, tenant_id: str, model_id: str, top
         resource_id=model_id,
     )
     upload = upload_key(tenant_id, job.id, "images.zip")
-    job.params = {"model_id": model_id, "upload_key": upload, "top_k": top_k}
+    job.params = {"model_id": model_id, "upload_key": upload, "top_k": top_k, "tta": list(tta or [])}
     return job, upload
 
 

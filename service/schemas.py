@@ -376,6 +376,9 @@ class FilePrediction(BaseModel):
 class PredictOut(BaseModel):
     model_id: str
     predictions: list[FilePrediction]
+    tta: list[str] | None = Field(
+        None, description="the test-time augmentations averaged into each prediction (absent without)"
+    )
 
 
 class Suggestion(BaseModel):

@@ -679,7 +679,15 @@ def aliases_delete(name: str) -> None:
     show_default=True,
     help="more images than this go through a batch-prediction job",
 )
-def predict(model_id: str, paths: tuple[Path, ...], top_k: int, fmt: str, batch_over: int) -> None:
+@click.option(
+    "--tta",
+    multiple=True,
+    metavar="hflip|vflip",
+    help="test-time augmentation, repeatable: average each image's probabilities with its flipped copy's",
+)
+def predict(
+    model_id: str, paths: tuple[Path, ...], top_k: int, fmt: str, batch_over: int, tta: tuple[str, ...]
+) -> None:
     """Predict the labels of image FILEs and of the images in DIRs with MODEL, a model id or @ALIAS
     (prints predictions only)."""
     files = image_files(paths)
@@ -689,7 +697,7 @@ def predict(model_id: str, paths: tuple[Path, ...], top_k: int, fmt: str, batch_
         model_id = client.aliases.get(alias)["model_id"]  # a batch job runs on the model the alias names now
         alias = None
     if alias:
-        rows = [dict(r) for r in client.aliases.predict(alias, [str(f) for f, _ in files], top_k)]
+        rows = [dict(r) for r in client.aliases.predict(alias, [str(f) for f, _ in files], top_k, tta)]
     elif len(files) > batch_over:
         console = _console(err=True)
 
@@ -698,11 +706,11 @@ def predict(model_id: str, paths: tuple[Path, ...], top_k: int, fmt: str, batch_
 
         with job_progress("predict") as on_event:
             found = client.models.predict_batch(
-                model_id, [name for _, name in files], top_k, on_event=on_event, on_start=started
+                model_id, [name for _, name in files], top_k, on_event=on_event, on_start=started, tta=tta
             )
         rows = [dict(r) for r in found]
     else:
-        rows = [dict(r) for r in client.models.predict(model_id, [str(f) for f, _ in files], top_k)]
+        rows = [dict(r) for r in client.models.predict(model_id, [str(f) for f, _ in files], top_k, tta)]
     _print_predictions(rows, fmt)
 
 

@@ -321,10 +321,13 @@ class Models(_Resource):
     def delete(self, model_id: str) -> None:
         self._c._request("DELETE", f"/v1/models/{model_id}")
 
-    def predict(self, model_id: str, images: Sequence[Any] | Any, top_k: int = 3) -> list[Prediction]:
+    def predict(
+        self, model_id: str, images: Sequence[Any] | Any, top_k: int = 3, tta: Sequence[str] = ()
+    ) -> list[Prediction]:
         """Predictions for images given as paths, bytes, ``(name, bytes)`` pairs or PIL images, in order.
-        A file that cannot be read gets an ``error`` instead of a label. Sent ``MAX_SYNC_FILES`` at a time."""
-        return self._c._predict(f"/v1/models/{model_id}/predict", images, top_k)
+        A file that cannot be read gets an ``error`` instead of a label. Sent ``MAX_SYNC_FILES`` at a time.
+        ``tta=["hflip"]`` (also ``"vflip"``) averages each image's probabilities with its mirror image's."""
+        return self._c._predict(f"/v1/models/{model_id}/predict", images, top_k, tta)
 
     def suggest(self, model_id: str, k: int = 20, strategy: str = "margin") -> list[dict[str, Any]]:
         """The ``k`` unlabelled images of a linear probe's dataset to label first (``margin``, ``entropy`` or
@@ -339,12 +342,20 @@ class Models(_Resource):
         path = f"/v1/models/{model_id}/export"
         return self._c._download(path, {"format": format}, dest, f"{model_id}.{format}")
 
-    def start_batch(self, model_id: str, images: Sequence[Any] | str | os.PathLike[str], top_k: int = 3) -> Accepted:
+    def start_batch(
+        self,
+        model_id: str,
+        images: Sequence[Any] | str | os.PathLike[str],
+        top_k: int = 3,
+        tta: Sequence[str] = (),
+    ) -> Accepted:
         """Start a batch-prediction job: ``images`` is a zip file, or paths/folders/bytes/PIL images that
         are zipped into a temporary file first. Returns ``{"job_id", "status"}``."""
-        return self._start_batch(model_id, images, top_k)[0]
+        return self._start_batch(model_id, images, top_k, tta)[0]
 
-    def _start_batch(self, model_id: str, images: Any, top_k: int) -> tuple[Accepted, dict[str, str]]:
+    def _start_batch(
+        self, model_id: str, images: Any, top_k: int, tta: Sequence[str] = ()
+    ) -> tuple[Accepted, dict[str, str]]:
         names: dict[str, str] = {}  # name in the zip -> the name the caller gave
         if isinstance(images, str | os.PathLike) and Path(images).is_file() and is_zip(Path(images)):
             fh: IO[bytes] = Path(images).open("rb")  # noqa: SIM115 - closed below
@@ -352,7 +363,7 @@ class Models(_Resource):
             fh, names = self._zip_images(images)
         with fh:
             files = {"archive": ("images.zip", fh, "application/zip")}
-            form = {"top_k": str(top_k)}
+            form = _predict_form(top_k, tta)
             path = f"/v1/models/{model_id}/predictions"
             return cast(Accepted, self._c._json("POST", path, files=files, data=form)), names
 
@@ -389,10 +400,11 @@ class Models(_Resource):
         timeout: float | None = None,
         on_event: EventCallback | None = None,
         on_start: Callable[[Accepted], None] | None = None,
+        tta: Sequence[str] = (),
     ) -> list[Prediction]:
         """Predict a large set through a batch-prediction job: start it, wait for it, fetch its results
         (each ``file`` named as the caller gave it). ``on_start`` hears the job id as soon as it exists."""
-        accepted, names = self._start_batch(model_id, images, top_k)
+        accepted, names = self._start_batch(model_id, images, top_k, tta)
         if on_start is not None:
             on_start(accepted)
         self._c.jobs.wait(accepted["job_id"], timeout=timeout, on_event=on_event)
@@ -447,9 +459,11 @@ class Aliases(_Resource):
     def delete(self, name: str) -> None:
         self._c._request("DELETE", f"/v1/aliases/{name}")
 
-    def predict(self, name: str, images: Sequence[Any] | Any, top_k: int = 3) -> list[Prediction]:
+    def predict(
+        self, name: str, images: Sequence[Any] | Any, top_k: int = 3, tta: Sequence[str] = ()
+    ) -> list[Prediction]:
         """Predictions of the model the alias points to at the time of each request (see ``Models.predict``)."""
-        return self._c._predict(f"/v1/aliases/{name}/predict", images, top_k)
+        return self._c._predict(f"/v1/aliases/{name}/predict", images, top_k, tta)
 
 
 class Backbones(_Resource):
@@ -470,6 +484,16 @@ class Backbones(_Resource):
         uploads = [as_upload(img, i) for i, img in enumerate(images)]
         files = [("files", (n, data, "application/octet-stream")) for n, data in uploads]
         return self._c._json("POST", f"/v1/backbones/{name}/classify", files=files, data={"top_k": str(top_k)})
+
+
+def _predict_form(top_k: int, tta: Sequence[str]) -> dict[str, Any]:
+    """Predict's form fields; ``tta`` repeats its field once per augmentation (none: the field is left out)."""
+    form: dict[str, Any] = {"top_k": str(top_k)}
+    if isinstance(tta, str):
+        tta = [tta]
+    if tta:
+        form["tta"] = list(tta)
+    return form
 
 
 class Client:
@@ -515,8 +539,10 @@ class Client:
         self._http.close()
 
     # shortcuts for the common path
-    def predict(self, model_id: str, images: Sequence[Any] | Any, top_k: int = 3) -> list[Prediction]:
-        return self.models.predict(model_id, images, top_k)
+    def predict(
+        self, model_id: str, images: Sequence[Any] | Any, top_k: int = 3, tta: Sequence[str] = ()
+    ) -> list[Prediction]:
+        return self.models.predict(model_id, images, top_k, tta)
 
     def wait(self, job_id: str, timeout: float | None = None, on_event: EventCallback | None = None) -> Job:
         return self.jobs.wait(job_id, timeout=timeout, on_event=on_event)
@@ -542,7 +568,7 @@ class Client:
 
     # --- transport -------------------------------------------------------------------------------------------
 
-    def _predict(self, path: str, images: Sequence[Any] | Any, top_k: int) -> list[Prediction]:
+    def _predict(self, path: str, images: Sequence[Any] | Any, top_k: int, tta: Sequence[str] = ()) -> list[Prediction]:
         if not isinstance(images, list | tuple):
             images = [images]
         uploads = [as_upload(img, i) for i, img in enumerate(images)]
@@ -550,7 +576,7 @@ class Client:
         for start in range(0, len(uploads), MAX_SYNC_FILES):
             chunk = uploads[start : start + MAX_SYNC_FILES]
             files = [("files", (name, data, "application/octet-stream")) for name, data in chunk]
-            body = self._json("POST", path, files=files, data={"top_k": str(top_k)})
+            body = self._json("POST", path, files=files, data=_predict_form(top_k, tta))
             out.extend(cast(list[Prediction], body["predictions"]))
         return out
 

@@ -11,7 +11,7 @@ from core import aliases
 from core.db import session_scope
 from service.deps import PredictTenantDep, SessionDep, SettingsDep, TenantDep
 from service.pagination import PageDep, set_link_header
-from service.routes.models import predict_files
+from service.routes.models import TTAForm, predict_files
 from service.schemas import AliasOut, AliasRequest, PredictOut
 
 router = APIRouter(prefix="/v1/aliases", tags=["aliases"])
@@ -60,7 +60,8 @@ async def predict(
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File()],
     top_k: Annotated[int, Form(ge=1, le=100)] = 3,
+    tta: TTAForm = None,
 ) -> dict[str, Any]:
     """Predict with the model the alias points to now; ``model_id`` in the answer says which one."""
     model_id = await run_in_threadpool(_resolve, tenant_id, name)
-    return await predict_files(request, tenant_id, model_id, files, top_k, settings)
+    return await predict_files(request, tenant_id, model_id, files, top_k, settings, tta)

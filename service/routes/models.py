@@ -19,7 +19,7 @@ from workers.dispatch import submit
 from workers.runtime import suggestions
 from workers.runtime.export import model_graph
 from workers.runtime.inference import decode_files, per_file
-from workers.runtime.serving import PREDICTORS, top_k_rows
+from workers.runtime.serving import PREDICTORS, TTA, augment, check_tta, merge, top_k_rows
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -101,22 +101,39 @@ def export_model(model_id: str, tenant_id: TenantDep, format: Literal["onnx"] = 
     return Response(data, media_type="application/octet-stream", headers=headers)
 
 
-def _prepare(tenant_id: str, model_id: str, payload: list[tuple[str, bytes]]) -> tuple[Any, Any]:
+def _prepare(tenant_id: str, model_id: str, payload: list[tuple[str, bytes]], tta: list[str]) -> tuple[Any, Any, Any]:
     predictor = PREDICTORS.get(tenant_id, model_id)
-    return predictor, decode_files(payload, predictor.spec)
+    batch = decode_files(payload, predictor.spec)
+    return predictor, batch, augment(batch.pixels, tta) if batch.pixels is not None else None
+
+
+TTA_DESCRIPTION = (
+    f"test-time augmentation, repeatable ({', '.join(TTA)}): each image's preprocessed pixels are also run "
+    "flipped, in the same batch, and the probabilities averaged"
+)
+TTAForm = Annotated[list[str] | None, Form(description=TTA_DESCRIPTION)]
 
 
 async def predict_files(
-    request: Request, tenant_id: str, model_id: str, files: list[UploadFile], top_k: int, settings: Settings
+    request: Request,
+    tenant_id: str,
+    model_id: str,
+    files: list[UploadFile],
+    top_k: int,
+    settings: Settings,
+    tta: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The predictions of one model for uploaded files: the body of ``POST .../predict``, by id or alias."""
+    """The predictions of one model for uploaded files: the body of ``POST .../predict``, by id or alias.
+    With ``tta`` the variants go through the micro-batcher as extra rows of the same request (the
+    computation of ``inference.predict_images``)."""
+    augmentations = check_tta(tta or [])
     payload = await read_files(files, settings)
-    predictor, batch = await run_in_threadpool(_prepare, tenant_id, model_id, payload)
+    predictor, batch, pixels = await run_in_threadpool(_prepare, tenant_id, model_id, payload, augmentations)
     rows: list[dict[str, Any]] = []
-    if batch.pixels is not None:
-        probs = await request.app.state.batcher.submit(model_id, batch.pixels, predictor.predict_proba)
-        rows = top_k_rows(predictor.labels, probs, top_k)
-    return {"model_id": model_id, "predictions": per_file(batch, rows)}
+    if pixels is not None:
+        probs = await request.app.state.batcher.submit(model_id, pixels, predictor.predict_proba)
+        rows = top_k_rows(predictor.labels, merge(probs, augmentations), top_k)
+    return {"model_id": model_id, "predictions": per_file(batch, rows), "tta": augmentations or None}
 
 
 @router.post("/{model_id}/predict", response_model=PredictOut, response_model_exclude_none=True)
@@ -127,8 +144,9 @@ async def predict(
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File()],
     top_k: Annotated[int, Form(ge=1, le=100)] = 3,
+    tta: TTAForm = None,
 ) -> dict[str, Any]:
-    return await predict_files(request, tenant_id, model_id, files, top_k, settings)
+    return await predict_files(request, tenant_id, model_id, files, top_k, settings, tta)
 
 
 @router.post("/{model_id}/predictions", status_code=202, response_model=JobRef)
@@ -138,9 +156,10 @@ def batch_predict(
     tenant_id: TenantDep,
     archive: Annotated[UploadFile, File(description="a zip of images, any folders")],
     top_k: Annotated[int, Form(ge=1, le=100)] = 3,
+    tta: TTAForm = None,
 ) -> JobRef:
     """A batch-prediction job for large sets; results at ``GET .../predictions/{job_id}?format=csv|json``."""
-    job, key = mdl.create_batch_prediction(session, tenant_id, model_id, top_k)
+    job, key = mdl.create_batch_prediction(session, tenant_id, model_id, top_k, check_tta(tta or []))
     save_archive(archive, key)
     submit(session, job)
     return JobRef(job_id=job.id, status=job.status)

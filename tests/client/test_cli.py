@@ -87,7 +87,8 @@ class FakeAPI:
             self.bodies.append(json.loads(request.read()))
             return httpx.Response(202, json={"id": "m_1", "job_id": "job_2", "status": "queued"})
         if (method, path) == ("POST", "/v1/models/m_1/predict"):
-            files = multipart(request)["files"]
+            self.bodies.append(multipart(request))
+            files = self.bodies[-1]["files"]
             preds = [{"file": n, "label": "1", "score": 0.8, "top_k": [{"label": "1", "score": 0.8}]} for n, _ in files]
             return httpx.Response(200, json={"model_id": "m_1", "predictions": preds})
         if (method, path) == ("POST", "/v1/models/m_1/predictions"):
@@ -201,6 +202,16 @@ def test_predict_prints_predictions_only(api: FakeAPI, tmp_path: Path) -> None:
     assert len(rows) == 2 and {r["label"] for r in rows} == {"1"}
     csv_out = run("predict", "m_1", str(folder), "--format", "csv")
     assert csv_out.stdout.splitlines()[0] == "file,label,score,top_k,error" and len(csv_out.stdout.splitlines()) == 3
+
+
+def test_predict_passes_tta_to_predict_and_to_the_batch_job(api: FakeAPI, tmp_path: Path) -> None:
+    folder = write_class_folders(tmp_path / "imgs", classes=(1, 2), per_class=2)
+    assert run("predict", "m_1", str(folder), "--tta", "hflip", "--tta", "vflip").exit_code == 0
+    assert [v for _, v in api.bodies[-1]["tta"]] == [b"hflip", b"vflip"]
+    assert run("predict", "m_1", str(folder), "--tta", "hflip", "--batch-over", "3").exit_code == 0
+    assert [v for _, v in api.bodies[-1]["tta"]] == [b"hflip"] and "archive" in api.bodies[-1]
+    assert run("predict", "m_1", str(folder)).exit_code == 0
+    assert "tta" not in api.bodies[-1]
 
 
 def test_a_large_predict_set_goes_through_the_batch_job(api: FakeAPI, tmp_path: Path) -> None:

@@ -243,6 +243,22 @@ def test_predict_sends_paths_bytes_and_pil_images_in_order(tmp_path: Path) -> No
     assert decoded.size == image.size and decoded.tobytes() == image.tobytes()  # lossless
 
 
+def test_predict_sends_tta_as_a_repeated_field_and_leaves_it_out_by_default() -> None:
+    sent: list[list[bytes]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        fields = multipart(request)
+        sent.append([value for _, value in fields.get("tta", [])])
+        preds = [{"file": name, "label": "x"} for name, _ in fields["files"]]
+        return httpx.Response(200, json={"model_id": "m", "predictions": preds, "tta": ["hflip"]})
+
+    with make_client(handler) as client:
+        client.predict("m", [("a.png", b"x")])
+        client.models.predict("m", [("a.png", b"x")], tta=["hflip", "vflip"])
+        client.aliases.predict("prod", [("a.png", b"x")], tta="hflip")
+    assert sent == [[], [b"hflip", b"vflip"], [b"hflip"]]
+
+
 def test_predict_splits_a_large_set_into_requests_within_the_service_limit() -> None:
     sizes: list[int] = []
 

@@ -125,6 +125,17 @@ def test_python_client_folder_to_prediction(deployment, image_folder: Path, new_
         batch = tl.models.predict_batch(model["id"], [new_images])
         assert len(batch) == len(files) and all(r["label"] in model["labels"] for r in batch)
 
+        # test-time augmentation: the same averaged answer from predict and from the worker's batch job
+        mirrored = tl.predict(model["id"], files, tta=["hflip"])
+        assert all(r["label"] in model["labels"] for r in mirrored) and mirrored != tl.predict(model["id"], files)
+        batch = tl.models.predict_batch(model["id"], [new_images], tta=["hflip"])
+        assert sorted((Path(r["file"]).name, r["label"], round(r["score"], 4)) for r in batch) == sorted(
+            (Path(r["file"]).name, r["label"], round(r["score"], 4)) for r in mirrored
+        )
+        with pytest.raises(APIError) as caught:
+            tl.predict(model["id"], files[:1], tta=["rotate"])
+        assert caught.value.status == 422 and "hflip, vflip" in caught.value.message
+
         assert model["job_id"] in {j["id"] for j in tl.jobs.list()}
         states = [j["status"] for j in tl.jobs.events(model["job_id"])]
         assert states == ["succeeded"]  # a finished job's stream: its final state, once
@@ -173,6 +184,9 @@ def test_command_line_folder_to_prediction(deployment, image_folder: Path, new_i
     rows = json.loads(out.stdout)["predictions"]
     labels = json.loads(cli(deployment, "models", "show", model_id, "--format", "json").stdout)["labels"]
     assert [r["file"] for r in rows] == files[:2] and all(r["label"] in labels for r in rows)
+    mirrored = cli(deployment, "predict", model_id, files[0], files[1], "--tta", "hflip", "--format", "json")
+    assert mirrored.returncode == 0, mirrored.stderr
+    assert json.loads(mirrored.stdout)["predictions"] != rows  # the mirror images changed the scores
 
     target = deployment.data_dir.parent / "m.onnx"
     assert last_line(cli(deployment, "models", "export", model_id, "-o", str(target))) == str(target)

@@ -17,16 +17,18 @@ from core.settings import get_settings
 from core.storage import get_storage
 from workers.ingest.archive import ArchiveLimits, read_archive
 from workers.runtime.inference import decode_files, per_file
-from workers.runtime.serving import PREDICTORS, top_k_rows
+from workers.runtime.serving import PREDICTORS, augment, merge, top_k_rows
 
 BATCH = 64
 
 
-def _flush(predictor: Any, pending: list[tuple[str, bytes]], top_k: int, rows: list[dict[str, Any]]) -> None:
+def _flush(
+    predictor: Any, pending: list[tuple[str, bytes]], top_k: int, tta: list[str], rows: list[dict[str, Any]]
+) -> None:
     batch = decode_files(pending, predictor.spec)
-    preds = (
-        top_k_rows(predictor.labels, predictor.predict_proba(batch.pixels), top_k) if batch.pixels is not None else []
-    )
+    preds = []
+    if batch.pixels is not None:
+        preds = top_k_rows(predictor.labels, merge(predictor.predict_proba(augment(batch.pixels, tta)), tta), top_k)
     rows.extend(per_file(batch, preds))
     pending.clear()
 
@@ -36,6 +38,7 @@ def batch_predict_job(ctx: JobContext) -> dict[str, Any]:
     with session_scope() as s:
         prefix = mdl.get_model(s, ctx.tenant_id, p["model_id"]).storage_prefix
     predictor = PREDICTORS.get(ctx.tenant_id, p["model_id"])
+    tta = p.get("tta") or []  # jobs queued before test-time augmentation have none
     storage = get_storage()
     rows: list[dict[str, Any]] = []
     pending: list[tuple[str, bytes]] = []
@@ -47,10 +50,10 @@ def batch_predict_job(ctx: JobContext) -> dict[str, Any]:
             pending.append((member.name, member.data))
             if len(pending) >= BATCH:
                 ctx.check_cancelled()
-                _flush(predictor, pending, p["top_k"], rows)
+                _flush(predictor, pending, p["top_k"], tta, rows)
                 ctx.progress("predict", i + 1, contents.expected)
         if pending:
-            _flush(predictor, pending, p["top_k"], rows)
+            _flush(predictor, pending, p["top_k"], tta, rows)
         rows.extend({"file": r.file, "error": r.reason} for r in contents.rejected)
     storage.put_bytes(predictions_key(prefix, ctx.job_id, "json"), json.dumps({"predictions": rows}).encode())
     storage.put_bytes(predictions_key(prefix, ctx.job_id, "csv"), _csv(rows).encode())

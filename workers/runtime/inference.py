@@ -3,13 +3,17 @@ decode each file on its own so one bad file gets its own error while the others 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.errors import InvalidInput, TLServeError
 from workers.backbones import BackboneSpec
+
+if TYPE_CHECKING:
+    from workers.runtime.serving import Predictor
 
 
 @dataclass
@@ -53,6 +57,22 @@ def per_file(batch: DecodedBatch, rows: list[dict[str, Any]]) -> list[dict[str, 
         {"file": name, **by_position[i]} if i in by_position else {"file": name, "error": batch.errors[i]}
         for i, name in enumerate(batch.names)
     ]
+
+
+def predict_images(predictor: Predictor, images: Sequence[bytes], tta: Sequence[str] = ()) -> np.ndarray:
+    """Class probabilities (columns follow ``predictor.labels``) of encoded images, in order, with optional
+    test-time augmentation: the predict route's computation without HTTP and the micro-batcher, for
+    benchmarks and scripts. An image that cannot be decoded → ``InvalidInput`` naming its position."""
+    from workers.runtime.serving import augment, check_tta, merge
+
+    tta = check_tta(tta)
+    batch = decode_files([(str(i), data) for i, data in enumerate(images)], predictor.spec)
+    if batch.errors:
+        i, why = next(iter(batch.errors.items()))
+        raise InvalidInput(f"image {i}: {why}")
+    if batch.pixels is None:
+        return np.zeros((0, len(predictor.labels)), np.float32)
+    return merge(predictor.predict_proba(augment(batch.pixels, tta)), tta)
 
 
 def embed(

@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from classifiers.scores import softmax, top_k
 from core import models as mdl
 from core.db import session_scope
-from core.errors import Conflict, NotFound
+from core.errors import Conflict, InvalidInput, NotFound
 from core.features import MODEL_PREFIX
 from core.settings import get_settings
 from core.storage import get_storage
@@ -193,3 +193,39 @@ def top_k_rows(labels: list[str], probs: np.ndarray, k: int) -> list[dict[str, A
         {"label": top[0][0], "score": top[0][1], "top_k": [{"label": n, "score": s} for n, s in top]}
         for top in top_k(probs, labels, k)
     ]
+
+
+# --- test-time augmentation ---------------------------------------------------------------------------------
+
+TTA: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "hflip": lambda pixels: pixels[:, :, ::-1],  # N×H×W×C: mirror left to right
+    "vflip": lambda pixels: pixels[:, ::-1],  # upside down
+}
+
+
+def check_tta(names: Sequence[str]) -> list[str]:
+    """The test-time augmentations asked for, each once, in the order given; an unknown one → ``InvalidInput``
+    naming the allowed values."""
+    unknown = [n for n in dict.fromkeys(names) if n not in TTA]
+    if unknown:
+        raise InvalidInput(
+            f"unknown tta {', '.join(map(repr, unknown))}: allowed values are {', '.join(TTA)} "
+            "(repeat the field for several, e.g. tta=hflip&tta=vflip)"
+        )
+    return list(dict.fromkeys(names))
+
+
+def augment(pixels: np.ndarray, tta: Sequence[str]) -> np.ndarray:
+    """The preprocessed batch followed by each of its variants, for one forward pass: (1 + len(tta)) × N
+    rows. Without ``tta`` the batch itself, untouched."""
+    if not tta:
+        return pixels
+    return np.concatenate([pixels, *(TTA[name](pixels) for name in tta)])
+
+
+def merge(probs: np.ndarray, tta: Sequence[str]) -> np.ndarray:
+    """The rows of ``augment``'s batch back to one per image: the mean of its variants' probabilities (a
+    linear probe averages its head's probabilities, not the features)."""
+    if not tta:
+        return probs
+    return probs.reshape(1 + len(tta), -1, probs.shape[1]).mean(axis=0)
