@@ -29,6 +29,7 @@ from core import datasets as ds
 from core.db import session_scope
 from core.errors import InvalidInput, JobCancelled, NotFound
 from core.jobs import JobContext
+from core.settings import get_settings
 from core.status import ResourceStatus
 from core.storage import get_storage
 from core.tables import Job, Model
@@ -36,19 +37,20 @@ from workers.backbones import BackboneSpec, WeightsInfo, get_backbone
 from workers.jobs.extract import model_features
 from workers.jobs.fit import library_versions
 from workers.runtime.engines import export_checked
-from workers.runtime.preprocess import load_rgb, stack_batch
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+EVAL_BATCH = 64  # images per forward pass of the final evaluation
 
 
 def _samples(rows: list[Any], classes: list[str]) -> Any:
-    from workers.training.data import Samples
+    """The rows as training samples whose images are read from storage only when a batch needs them."""
+    from workers.training.data import Samples, StoredImages
 
-    storage = get_storage()
     index = {c: i for i, c in enumerate(classes)}
-    return Samples([storage.get_bytes(r.canonical_key) for r in rows], [index[r.label] for r in rows], classes)
+    images = StoredImages([r.canonical_key for r in rows], get_storage().get_bytes)
+    return Samples(images, [index[r.label] for r in rows], classes)
 
 
 def _checkpoint_io(prefix: str) -> tuple[Any, Any]:
@@ -106,7 +108,7 @@ def finetune_job(ctx: JobContext) -> dict[str, Any]:
     from workers.training.config import FinetuneConfig
     from workers.training.loop import finetune
 
-    spec = get_backbone(model.backbone)
+    spec, settings = get_backbone(model.backbone), get_settings()
     cfg = FinetuneConfig.from_dict(model.params["finetune"])
     classes = sorted({r.label for r in rows})
     by_split = {name: [r for r in rows if r.split == name] for name in ("train", "val", "test")}
@@ -129,11 +131,13 @@ def finetune_job(ctx: JobContext) -> dict[str, Any]:
         pretrained=pretrained,
         probe_features=cached["train"][0] if cached is not None else None,
         probe_val_features=cached["val"][0] if cached is not None else None,
+        decode_threads=settings.finetune_decode_threads,
+        decoded_cache_bytes=settings.finetune_decoded_cache_mb * 2**20,
     )
     train_seconds = time.perf_counter() - start
     ctx.check_cancelled(force=True)
     ctx.progress("evaluate", 0, 1, force=True)
-    metrics = _evaluate(result.model, spec, classes, by_split)
+    metrics = _evaluate(result.model, spec, classes, by_split, settings.finetune_decode_threads)
     metrics.update(_probe_report(result, cached, classes, cfg.seed))
     digest = _store(model, spec, result, classes)
     summary = {
@@ -205,20 +209,24 @@ def _probe_report(
     return {"probe_accuracy": accuracy, "probe_C": probe.C}
 
 
-def _pixels(rows: list[Any], spec: BackboneSpec) -> np.ndarray:
-    storage = get_storage()
-    return stack_batch([load_rgb(storage.get_bytes(r.canonical_key), spec.preprocessing) for r in rows])
-
-
-def _probabilities(model: Any, spec: BackboneSpec, rows: list[Any]) -> np.ndarray:
+def _probabilities(model: Any, spec: BackboneSpec, rows: list[Any], threads: int) -> np.ndarray:
+    """Class probabilities of ``rows``, read and decoded a batch at a time (memory does not grow with the split)."""
+    from workers.training.data import DecodedImages, StoredImages, in_order, prefetch
     from workers.training.logits import predict_logits
 
-    if not rows:
-        return np.zeros((0, 0), np.float32)
-    return softmax(predict_logits(model, _pixels(rows, spec), spec.preprocessing).numpy())
+    images = DecodedImages(
+        StoredImages([r.canonical_key for r in rows], get_storage().get_bytes), spec.preprocessing, 0
+    )
+    out = [
+        softmax(predict_logits(model, batch, spec.preprocessing).numpy())
+        for _, batch in prefetch(in_order(len(rows), EVAL_BATCH), images, threads=threads)
+    ]
+    return np.concatenate(out)
 
 
-def _evaluate(model: Any, spec: BackboneSpec, classes: list[str], by_split: dict[str, list[Any]]) -> dict[str, Any]:
+def _evaluate(
+    model: Any, spec: BackboneSpec, classes: list[str], by_split: dict[str, list[Any]], threads: int
+) -> dict[str, Any]:
     """The same report as a linear probe's: test-split metrics, with train and val accuracy beside them."""
     from classifiers.metrics import classification_metrics
 
@@ -228,7 +236,7 @@ def _evaluate(model: Any, spec: BackboneSpec, classes: list[str], by_split: dict
         rows = by_split[split]
         if not rows:
             continue
-        pred = names[_probabilities(model, spec, rows).argmax(axis=1)]
+        pred = names[_probabilities(model, spec, rows, threads).argmax(axis=1)]
         truth = np.array([r.label for r in rows])
         if split == "test":
             out.update(classification_metrics(truth, pred, classes))
