@@ -11,7 +11,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
+import tempfile
+import zipfile
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 from sqlalchemy import select
@@ -28,6 +32,7 @@ from core.status import JobKind, ResourceStatus, ResourceType
 from core.storage import get_storage
 from core.tables import FeatureSet, Image, Job
 
+NPZ_SPOOL_BYTES = 8 * 2**20  # an npz download bigger than this is built on disk, not in memory
 CHUNK_SIZE = 512  # images per stored chunk: bounded memory, fine-grained resume
 FORMAT_VERSION = 1
 MODEL_PREFIX = "model:"  # a tenant's fine-tuned model used as a backbone: "model:<model id>"
@@ -219,12 +224,49 @@ def split_arrays(data: dict[str, np.ndarray], split: str) -> tuple[np.ndarray, n
     return data["features"][mask], data["labels"][mask]
 
 
-def download_npz(session: Session, tenant_id: str, feature_set_id: str) -> bytes:
-    """``features``, ``labels``, ``image_ids`` (and ``splits``, ``sha256``) as an npz without pickles; the
-    labels and splits are those of the feature set's own dataset version."""
+def download_npz(session: Session, tenant_id: str, feature_set_id: str) -> IO[bytes]:
+    """``labelled_features`` as an npz without pickles, in a temporary file (on disk beyond a few MB) rewound
+    for reading; see :func:`write_npz`."""
     fs = get_feature_set(session, tenant_id, feature_set_id)
     if fs.status != ResourceStatus.READY:
         raise Conflict(f"feature set {feature_set_id!r} is {fs.status}; download it when its job has succeeded")
-    buf = io.BytesIO()
-    np.savez(buf, **labelled_features(session, fs, fs.version_id))
-    return buf.getvalue()
+    out = tempfile.SpooledTemporaryFile(max_size=NPZ_SPOOL_BYTES)  # noqa: SIM115  (the response closes it)
+    try:
+        write_npz(session, fs, fs.version_id, out)
+    except BaseException:
+        out.close()
+        raise
+    out.seek(0)
+    return out
+
+
+def write_npz(session: Session, fs: FeatureSet, version_id: str, out: IO[bytes]) -> None:
+    """What ``np.savez(out, **labelled_features(...))`` writes (the same members, in the same order), with
+    one stored chunk in memory at a time: the kept feature rows go to a temporary file chunk by chunk and are
+    copied into the ``features.npy`` member behind its header, so the whole matrix is never in memory."""
+    storage = get_storage()
+    rows = {img.sha256: img for img in ds.version_images(session, version_id, pool=False)}
+    hashes = [np.array([], dtype="<U64")]
+    with tempfile.TemporaryFile() as raw:
+        for index in range(num_chunks(fs.num_images)):
+            with np.load(io.BytesIO(storage.get_bytes(chunk_key(fs.storage_prefix, index))), allow_pickle=False) as z:
+                feats, sha = z["features"], z["sha256"]
+            keep = np.array([h in rows for h in sha], dtype=bool)
+            raw.write(np.ascontiguousarray(feats[keep], dtype=np.float32).tobytes())
+            hashes.append(sha[keep])
+        kept = np.concatenate(hashes)
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("features.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array_header_1_0(member, {**header, "shape": (len(kept), fs.feature_dim)})
+                raw.seek(0)
+                shutil.copyfileobj(raw, member, 2**20)
+            columns = {
+                "sha256": kept,
+                "labels": np.array([rows[h].label for h in kept]),
+                "image_ids": np.array([rows[h].id for h in kept]),
+                "splits": np.array([rows[h].split for h in kept]),
+            }
+            for name, array in columns.items():
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     decode_threads: int = 1
     ingest_threads: int = Field(2, ge=1, le=64)  # an ingestion job decodes and re-encodes on this many threads
     batch_size: int = 32
+    # Fine-tuning reads and decodes its images a batch at a time on this many threads, a few batches ahead,
+    # and keeps at most this much of them decoded in memory (re-decoding the rest every epoch).
+    finetune_decode_threads: int = Field(2, ge=1, le=64)
+    finetune_decoded_cache_mb: int = Field(1024, ge=0)
     device: str = "auto"  # auto | cpu | cuda | mps
     model_cache_size: int = 4
     # A served model is re-checked against its row (deleted? replaced?) when last confirmed longer ago than

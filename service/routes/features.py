@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterator
+from typing import IO, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from core import features as fsets
 from service.deps import SessionDep, TenantDep
@@ -54,6 +56,17 @@ def get_features(feature_set_id: str, session: SessionDep, tenant_id: TenantDep)
 def download(
     feature_set_id: str, session: SessionDep, tenant_id: TenantDep, format: Literal["npz"] = Query("npz")
 ) -> Response:
+    """The npz is built in a temporary file (one stored chunk of features in memory at a time) and streamed."""
     data = fsets.download_npz(session, tenant_id, feature_set_id)
-    headers = {"Content-Disposition": f'attachment; filename="{feature_set_id}.npz"'}
-    return Response(data, media_type="application/octet-stream", headers=headers)
+    size = data.seek(0, 2)
+    data.seek(0)
+    headers = {"Content-Disposition": f'attachment; filename="{feature_set_id}.npz"', "Content-Length": str(size)}
+    return StreamingResponse(_blocks(data), media_type="application/octet-stream", headers=headers)
+
+
+def _blocks(data: IO[bytes], size: int = 2**20) -> Iterator[bytes]:
+    try:
+        while block := data.read(size):
+            yield block
+    finally:
+        data.close()

@@ -29,6 +29,7 @@ from core import datasets as ds
 from core.db import session_scope
 from core.errors import InvalidInput, JobCancelled, NotFound
 from core.jobs import JobContext
+from core.settings import get_settings
 from core.status import ResourceStatus
 from core.storage import get_storage
 from core.tables import Job, Model
@@ -36,19 +37,20 @@ from workers.backbones import BackboneSpec, WeightsInfo, get_backbone
 from workers.jobs.extract import model_features
 from workers.jobs.fit import library_versions
 from workers.runtime.engines import export_checked
-from workers.runtime.preprocess import load_rgb, stack_batch
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+EVAL_BATCH = 64  # images per forward pass of the final evaluation
 
 
 def _samples(rows: list[Any], classes: list[str]) -> Any:
-    from workers.training.data import Samples
+    """The rows as training samples whose images are read from storage only when a batch needs them."""
+    from workers.training.data import Samples, StoredImages
 
-    storage = get_storage()
     index = {c: i for i, c in enumerate(classes)}
-    return Samples([storage.get_bytes(r.canonical_key) for r in rows], [index[r.label] for r in rows], classes)
+    images = StoredImages([r.canonical_key for r in rows], get_storage().get_bytes)
+    return Samples(images, [index[r.label] for r in rows], classes)
 
 
 def _checkpoint_io(prefix: str) -> tuple[Any, Any]:
@@ -106,7 +108,7 @@ def finetune_job(ctx: JobContext) -> dict[str, Any]:
     from workers.training.config import FinetuneConfig
     from workers.training.loop import finetune
 
-    spec = get_backbone(model.backbone)
+    spec, settings = get_backbone(model.backbone), get_settings()
     cfg = FinetuneConfig.from_dict(model.params["finetune"])
     classes = sorted({r.label for r in rows})
     by_split = {name: [r for r in rows if r.split == name] for name in ("train", "val", "test")}
@@ -129,12 +131,16 @@ def finetune_job(ctx: JobContext) -> dict[str, Any]:
         pretrained=pretrained,
         probe_features=cached["train"][0] if cached is not None else None,
         probe_val_features=cached["val"][0] if cached is not None else None,
+        decode_threads=settings.finetune_decode_threads,
+        decoded_cache_bytes=settings.finetune_decoded_cache_mb * 2**20,
     )
     train_seconds = time.perf_counter() - start
     ctx.check_cancelled(force=True)
     ctx.progress("evaluate", 0, 1, force=True)
     digest = _store(model, spec, result, classes)
-    metrics = _evaluate(_scorer(result.model, model.storage_prefix, cfg, cached), classes, by_split)
+    metrics = _evaluate(
+        _scorer(result.model, model.storage_prefix, cfg, cached, settings.finetune_decode_threads), classes, by_split
+    )
     metrics.update(_probe_report(result, cached, classes, cfg.seed))
     summary = {
         "history": result.history,
@@ -208,13 +214,15 @@ def _probe_report(
 EVAL_BATCH = 64
 
 
-def _scorer(net: Any, prefix: str, cfg: Any, cached: dict[str, tuple[np.ndarray, np.ndarray]] | None) -> Any:
+def _scorer(
+    net: Any, prefix: str, cfg: Any, cached: dict[str, tuple[np.ndarray, np.ndarray]] | None, threads: int
+) -> Any:
     """What scores a split's rows: ``(split, rows) -> probabilities``.
 
     A head-only fine-tune leaves the trunk as it was (frozen, BatchNorm in eval mode), so its logits are the
     new head on the cached features (the same eval-mode network, checked to 1e-4 at export): no forward pass.
     Any other policy is scored by the graph it will be served with (``model.onnx`` through ONNX Runtime, or
-    eager torch when the export check failed), in batches, decoding the next batch during the forward."""
+    eager torch when the export check failed), a batch at a time, decoding ahead on ``threads`` threads."""
     import torch
     from torch import nn
 
@@ -229,25 +237,17 @@ def _scorer(net: Any, prefix: str, cfg: Any, cached: dict[str, tuple[np.ndarray,
             return softmax(logits.numpy())
 
         return from_features
-    engine = FinetunedEngine(prefix)
-    spec, storage = engine.spec, get_storage()
+    from workers.training.data import DecodedImages, StoredImages, in_order, prefetch
 
-    def decode(batch: list[Any]) -> np.ndarray:
-        return stack_batch([load_rgb(storage.get_bytes(r.canonical_key), spec.preprocessing) for r in batch])
+    engine = FinetunedEngine(prefix)
 
     def from_images(split: str, rows: list[Any]) -> np.ndarray:
-        from concurrent.futures import ThreadPoolExecutor
-
-        batches = [rows[i : i + EVAL_BATCH] for i in range(0, len(rows), EVAL_BATCH)]
-        out = []
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(decode, batches[0])
-            for b in range(len(batches)):
-                pixels = pending.result()
-                if b + 1 < len(batches):
-                    pending = pool.submit(decode, batches[b + 1])
-                out.append(engine.predict_proba(pixels))
-        return np.concatenate(out)
+        stored = StoredImages([r.canonical_key for r in rows], get_storage().get_bytes)
+        images = DecodedImages(stored, engine.spec.preprocessing, 0)
+        batches = prefetch(in_order(len(rows), EVAL_BATCH), images, threads=threads)
+        return np.concatenate(
+            [engine.predict_proba(np.ascontiguousarray(b.permute(0, 2, 3, 1).numpy())) for _, b in batches]
+        )
 
     return from_images
 

@@ -1,10 +1,12 @@
 """The two data paths of fine-tuning, chosen explicitly (``FinetuneConfig.data_path``):
 
-- :class:`CachedPath` runs the frozen prefix ONCE over the un-augmented train and val images and keeps its
-  output — the pooled features when only the head trains, else the activation at the cut — so every epoch
-  only runs the trainable tail on tensors (DESIGN: "run the base once and save the output").
+- :class:`CachedPath` runs the frozen prefix ONCE over the un-augmented train and val images (streamed: decoded
+  a batch at a time) and keeps its output — the pooled features when only the head trains, else the
+  activation at the cut — so every epoch only runs the trainable tail on tensors (DESIGN: "run the base
+  once and save the output").
 - :class:`AugmentedPath` re-runs the frozen prefix (without autograd) every batch on freshly augmented
-  images (DESIGN: "re-run the frozen base every epoch so that data augmentation can be used").
+  images (DESIGN: "re-run the frozen base every epoch so that data augmentation can be used"), decoded per
+  batch every epoch (or taken from the decoded-image cache while it has room).
 
 Both yield device batches ready for their ``forward``, which gives logits.
 """
@@ -23,7 +25,15 @@ from workers.backbones.spec import Preprocessing
 from workers.training.augment import batch_transform, image_ops
 from workers.training.callbacks import Callbacks
 from workers.training.cut import Split
-from workers.training.data import Batch, ImageBatches, image_loader, tensor_batches
+from workers.training.data import (
+    DECODE_THREADS,
+    Batch,
+    DecodedImages,
+    ImageBatches,
+    batch_orders,
+    in_order,
+    tensor_batches,
+)
 from workers.training.device import Precision
 
 CACHE_ON_DEVICE_BYTES = 2 * 2**30  # cached activations up to this size live on the GPU, bigger ones in pinned RAM
@@ -43,12 +53,13 @@ class DataPath(Protocol):
 
 @dataclass(frozen=True)
 class ImageData:
-    """Decoded uint8 N×C×S×S images and int64 labels of both splits."""
+    """Both splits' images (decoded on demand) and int64 labels, and the size of the decode pool."""
 
-    train_x: torch.Tensor
+    train_x: DecodedImages
     train_y: torch.Tensor
-    val_x: torch.Tensor
+    val_x: DecodedImages
     val_y: torch.Tensor
+    threads: int = DECODE_THREADS
 
 
 class AugmentedPath:
@@ -65,18 +76,23 @@ class AugmentedPath:
         batch_size: int,
         generator: torch.Generator,
         precision: Precision,
-        num_workers: int = 0,
     ) -> None:
         self.model, self.precision, self.batch_size = model, precision, batch_size
-        pin = precision.cuda
-        train = ImageBatches(data.train_x, data.train_y, image_ops(augment, prep))
+        pin, threads = precision.cuda, data.threads
         self.loaders = {
-            True: image_loader(train, batch_size, generator=generator, num_workers=num_workers, pin_memory=pin),
-            False: image_loader(
-                ImageBatches(data.val_x, data.val_y),
-                2 * batch_size,
-                generator=None,
-                num_workers=num_workers,
+            True: ImageBatches(
+                data.train_x,
+                data.train_y,
+                batch_orders(len(data.train_y), batch_size, generator=generator),
+                ops=image_ops(augment, prep),
+                threads=threads,
+                pin_memory=pin,
+            ),
+            False: ImageBatches(
+                data.val_x,
+                data.val_y,
+                in_order(len(data.val_y), 2 * batch_size),
+                threads=threads,
                 pin_memory=pin,
             ),
         }
@@ -125,14 +141,18 @@ class CachedPath:
         self.precision, self.batch_size, self.generator = precision, batch_size, generator
         self.transform = batch_transform(prep, train=False)
         model.eval()
-        self.inputs = {True: self._run_prefix(data.train_x, callbacks), False: self._run_prefix(data.val_x, callbacks)}
+        self.inputs = {
+            True: self._run_prefix(data.train_x, data.threads, callbacks),
+            False: self._run_prefix(data.val_x, data.threads, callbacks),
+        }
         self.labels = {True: data.train_y.to(self.inputs[True].device), False: data.val_y.to(self.inputs[False].device)}
 
     @torch.no_grad()
-    def _run_prefix(self, images: torch.Tensor, callbacks: Callbacks) -> torch.Tensor:
+    def _run_prefix(self, images: DecodedImages, threads: int, callbacks: Callbacks) -> torch.Tensor:
         """The one pass of the frozen prefix (eval mode, in order, no augmentation) over one split."""
-        batches = ImageBatches(images, torch.zeros(len(images), dtype=torch.long))
-        loader = image_loader(batches, 2 * self.batch_size, generator=None, pin_memory=self.precision.cuda)
+        orders = in_order(len(images), 2 * self.batch_size)
+        labels = torch.zeros(len(images), dtype=torch.long)
+        loader = ImageBatches(images, labels, orders, threads=threads, pin_memory=self.precision.cuda)
         outputs = []
         for done, (batch, _) in enumerate(loader, 1):
             callbacks.check_stop()

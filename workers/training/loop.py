@@ -23,10 +23,20 @@ from core.errors import InvalidInput
 from workers.backbones.network import BackboneModel
 from workers.backbones.spec import BackboneSpec
 from workers.training import rng
-from workers.training.augment import batch_transform, rgb_pca
+from workers.training.augment import batch_transform
 from workers.training.callbacks import Callbacks
 from workers.training.config import FinetuneConfig
-from workers.training.data import Samples, class_names, decode
+from workers.training.data import (
+    DECODE_THREADS,
+    DECODED_CACHE_BYTES,
+    DecodedImages,
+    Samples,
+    class_names,
+    in_order,
+    prefetch,
+    sampled_rgb_pca,
+    split_budget,
+)
 from workers.training.datapaths import AugmentedPath, CachedPath, DataPath, ImageData
 from workers.training.device import Precision, deterministic, pick_device
 from workers.training.freeze import FreezeSchedule
@@ -73,7 +83,8 @@ def finetune(
     resume_state: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
     pretrained: bool | None = None,
-    num_workers: int = 0,
+    decode_threads: int = DECODE_THREADS,
+    decoded_cache_bytes: int = DECODED_CACHE_BYTES,
     pca: tuple[torch.Tensor, torch.Tensor] | None = None,
     deterministic_algorithms: bool = True,
     probe_features: np.ndarray | None = None,
@@ -85,13 +96,28 @@ def finetune(
     ``probe_features``: pooled features of ``train`` (same order) from the feature cache, for the probe that
     initialises the head (``head_init="probe"``); without them the model computes them itself (eval mode).
     ``probe_val_features``: the same for ``val``, used when epoch 0 stays the best and ``refit_probe`` refits
-    the probe on train + val.
+    the probe on train + val. Images are decoded a batch at a time by ``decode_threads`` threads, a few
+    batches ahead; at most ``decoded_cache_bytes`` of decoded images (both splits) stay in memory.
     Raises ``InvalidInput`` for bad data or settings and ``TrainingCancelled`` when ``should_stop()``."""
     with deterministic(deterministic_algorithms):
         trainer = _Trainer(
-            spec, train, val, cfg, callbacks or Callbacks(), pick_device(device), pretrained, num_workers, pca
+            spec,
+            train,
+            val,
+            cfg,
+            callbacks or Callbacks(),
+            pick_device(device),
+            pretrained,
+            _Decoding(decode_threads, decoded_cache_bytes),
+            pca,
         )
         return trainer.fit(resume_state, probe_features, probe_val_features)
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    threads: int
+    cache_bytes: int
 
 
 class _Trainer:
@@ -104,7 +130,7 @@ class _Trainer:
         callbacks: Callbacks,
         device: torch.device,
         pretrained: bool | None,
-        num_workers: int,
+        decoding: _Decoding,
         pca: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> None:
         from workers.backbones import load_model
@@ -128,7 +154,7 @@ class _Trainer:
         self.schedule.freeze_before_training()
         self.bn_eval = cfg.resolved_bn_eval()
         self.scaler = self.precision.grad_scaler()
-        self.path = self._data_path(train, val, num_workers, pca)
+        self.path = self._data_path(train, val, decoding, pca)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": 0, "key": [math.inf, math.inf], "state": None}
         self.bad_epochs = 0
@@ -146,14 +172,16 @@ class _Trainer:
         return {"params": list(self.head.parameters()), "lr": lr, "base_lr": lr, "name": "head"}
 
     def _data_path(
-        self, train: Samples, val: Samples, num_workers: int, pca: tuple[torch.Tensor, torch.Tensor] | None
+        self, train: Samples, val: Samples, decoding: _Decoding, pca: tuple[torch.Tensor, torch.Tensor] | None
     ) -> DataPath:
         prep, cfg = self.spec.preprocessing, self.cfg
+        train_cache, val_cache = split_budget(decoding.cache_bytes, len(train), len(val))
         data = ImageData(
-            decode(train, prep, self.cb),
+            DecodedImages(train.images, prep, train_cache),
             torch.as_tensor(train.labels, dtype=torch.long),
-            decode(val, prep, self.cb),
+            DecodedImages(val.images, prep, val_cache),
             torch.as_tensor(val.labels, dtype=torch.long),
+            threads=decoding.threads,
         )
         self.data = data
         if cfg.resolved_data_path() == "cached":
@@ -168,7 +196,7 @@ class _Trainer:
                 callbacks=self.cb,
             )
         if "pca_color" in cfg.augment and pca is None:
-            pca = rgb_pca(data.train_x, seed=cfg.seed)
+            pca = sampled_rgb_pca(data.train_x, seed=cfg.seed, threads=decoding.threads)
         return AugmentedPath(
             self.model,
             data,
@@ -178,7 +206,6 @@ class _Trainer:
             batch_size=cfg.batch_size,
             generator=self.generator,
             precision=self.precision,
-            num_workers=num_workers,
         )
 
     # --- the epoch loop -------------------------------------------------------------------------------------
@@ -249,13 +276,14 @@ class _Trainer:
         if isinstance(path, CachedPath) and path.split.cut == len(self.model.stages()) and not self.model.layout.head:
             return path.inputs[train].float().cpu().numpy()  # head only: the cache already holds them
         transform = batch_transform(self.spec.preprocessing, train=False)
-        images, size = (self.data.train_x if train else self.data.val_x), 2 * self.cfg.batch_size
+        images = self.data.train_x if train else self.data.val_x
+        orders = in_order(len(images), 2 * self.cfg.batch_size)
 
         def batches() -> Any:
-            for start in range(0, len(images), size):
+            for _, batch in prefetch(orders, images, threads=self.data.threads):
                 self.cb.check_stop()
                 with self.precision.autocast():
-                    yield transform(self.precision.to_device(images[start : start + size]))
+                    yield transform(self.precision.to_device(batch))
 
         return pooled_features(self.model, batches())
 
