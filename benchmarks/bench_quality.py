@@ -26,7 +26,7 @@ import json
 import time
 
 import numpy as np
-from common import RESULTS, ingest_sample, isolated_env, write_result
+from common import RESULTS, ingest_sample, isolated_env, run_job_here, write_result
 
 
 def make_dataset(
@@ -39,7 +39,6 @@ def make_dataset(
 
 
 def run_model(tenant_id: str, dataset_id: str, **request) -> dict:
-    from core import jobs
     from core.db import session_scope
     from core.models import create_model
     from core.tables import Model
@@ -72,7 +71,7 @@ def run_model(tenant_id: str, dataset_id: str, **request) -> dict:
         model_id, job_id = model.id, job.id
     start = time.perf_counter()
     body = finetune_job if request["strategy"] == "finetune" else fit_job
-    out = body(jobs.begin_attempt(job_id))
+    out = run_job_here(job_id, body)
     with session_scope() as s:
         m = s.get(Model, model_id)
         return {

@@ -64,6 +64,28 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
+def run_job_here(job_id: str, body: Any) -> dict[str, Any]:
+    """Run a job's body in this process through the worker's runner (lease, heartbeat, the row marked
+    succeeded or failed), so that no row is left running or queued for a server's reaper to run again in
+    the middle of a measurement; the body's metrics, or RuntimeError with the job's error."""
+    from core.db import session_scope
+    from core.tables import Job
+    from workers.runner import run_job
+
+    out: dict[str, Any] = {}
+
+    def capture(ctx: Any) -> dict[str, Any]:
+        out.update(body(ctx) or {})
+        return out
+
+    run_job(job_id, capture)
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        if job.status != "succeeded":
+            raise RuntimeError(f"job {job_id} ({job.kind}) ended {job.status}: {job.error}")
+    return out
+
+
 def ingest_sample(
     source: str,
     per_class: int,
@@ -102,7 +124,7 @@ def ingest_sample(
         tenant_id, dataset_id, job_id = tenant.id, dataset.id, job.id
     get_storage().put_bytes(key, archive)
     start = time.perf_counter()
-    metrics = ingest_job(jobs.begin_attempt(job_id))
+    metrics = run_job_here(job_id, ingest_job)
     return tenant_id, dataset_id, {**metrics, "seconds": time.perf_counter() - start, "archive_bytes": len(archive)}
 
 
