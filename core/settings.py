@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     # A served model is re-checked against its row (deleted? replaced?) when last confirmed longer ago than
     # this: how soon a model deleted through one API process stops serving in the others.
     serving_revalidate_s: float = Field(1.0, ge=0)
+    # A valid API key is remembered this long per API process (no database query per request): how soon a
+    # revoked key stops working. 0: every request asks the database.
+    auth_cache_s: float = Field(1.0, ge=0)
     batch_max_size: int = 32  # predict micro-batching: most images in one merged forward pass
     batch_window_s: float = 0.0  # > 0: an idle model waits this long for more requests before running
     inference_threads: int = 1  # threads running forward passes in the API process

@@ -3,12 +3,18 @@
 Authentication uses its own short session that is closed before the route runs and returns plain values
 (the tenant id and the key's scope) only, so a route that waits (an event stream, a prediction in the
 micro-batcher) holds no database connection; routes that need the database ask for ``SessionDep`` themselves.
+A valid key is remembered for ``auth_cache_s`` (one second), so a busy predict path makes no query per
+request; a revoked key stops working within that time in every API process.
 
 Every route declares which keys it takes: ``TenantDep`` needs a key of scope ``all``; ``PredictTenantDep``,
 declared by the prediction routes only, takes a key of any scope."""
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -31,9 +37,48 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def _authenticate(token: str | None) -> Caller:
+class KeyCache:
+    """Valid keys by digest → (caller, monotonic expiry), for ``settings.auth_cache_s``. Only keys that
+    authenticated are kept, so junk tokens cannot grow it; past ``max_entries`` the oldest go first."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._entries: OrderedDict[str, tuple[Caller, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+
+    def get(self, token: str, ttl_s: float) -> Caller:
+        if ttl_s <= 0:
+            return _authenticate_in_db(token)
+        digest, now = hashlib.sha256(token.encode()).hexdigest(), time.monotonic()
+        with self._lock:
+            hit = self._entries.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        caller = _authenticate_in_db(token)
+        with self._lock:
+            self._entries[digest] = (caller, now + ttl_s)
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return caller
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+KEYS = KeyCache()
+
+
+def _authenticate_in_db(token: str | None) -> Caller:
     with session_scope() as session:
         return authenticate(session, token)
+
+
+def _authenticate(token: str | None) -> Caller:
+    if not token:
+        return _authenticate_in_db(token)  # the one 401 message
+    return KEYS.get(token, get_settings().auth_cache_s)
 
 
 def bearer_token(request: Request) -> str | None:

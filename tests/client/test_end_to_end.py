@@ -17,6 +17,7 @@ from tlserve_client import APIError, Client, ServiceUnreachable
 
 from core.sample_data import default_source, iter_labelled_pngs
 from tests.client.conftest import ROOT, subprocess_env
+from tests.integration.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -269,7 +270,8 @@ def test_a_revoked_key_stops_working(deployment) -> None:
     assert key not in json.dumps(listed)  # the secret is never shown again
     revoked = server_cli(deployment, "keys", "revoke", listed[0]["id"]).stdout.strip().splitlines()[-1]
     assert revoked == listed[0]["id"]
-    after = assert_one_error_line(cli(deployment, "jobs", "list", key=key))
-    assert "401" in after
+    # Every API process remembers a valid key for TLSERVE_AUTH_CACHE_S (1 s): it stops working within that.
+    refused = wait_until(lambda: (r := cli(deployment, "jobs", "list", key=key)).returncode != 0 and r, 10, "a 401")
+    assert "401" in assert_one_error_line(refused)
     keys = server_cli(deployment, "keys", "list", "--tenant", "revoke-me", "--format", "json").stdout
     assert json.loads(keys)[0]["revoked_at"]
