@@ -10,11 +10,14 @@
   (0: the probe was kept) and seconds per run;
 * test10k: the linear probe vs fine-tuning head only, last stage, and gradually unfrozen (each with flips
   and crops) on a pool of ~1,180 Fashion-MNIST training images and the full 10,000-image t10k test set,
-  over 3 seeds (each its own train/val split of the pool and training seed), with seconds per epoch.
+  over 3 seeds (each its own train/val split of the pool and training seed), with seconds per epoch;
+* tta: the probe and a last-stage fine-tune on seed 0's test10k split, predicted without and with
+  test-time augmentation (``tta=hflip``), through the predict path's own computation.
 
     .venv/bin/python benchmarks/bench_quality.py [--fashion-per-class 300] [--lpft-per-class 40] [--seeds 2]
     .venv/bin/python benchmarks/bench_quality.py --only lpft   # the LP-FT comparison alone (~10 min on 2 cores)
     .venv/bin/python benchmarks/bench_quality.py --only test10k  # probe vs fine-tunes on the t10k set (~1 h)
+    .venv/bin/python benchmarks/bench_quality.py --only tta      # test-time augmentation (~15 min)
 
 Each section is written into ``results/quality.json`` as it finishes (the others are kept).
 """
@@ -258,6 +261,57 @@ def test10k_report(train_per_class: int, test_images: int, seeds: int) -> dict:
     return out
 
 
+TTA_ROWS: dict[str, dict | None] = {
+    "linear_probe": None,
+    "finetune_last1_augmented": TEST10K_ROWS["finetune_last1_augmented"],
+}
+
+
+def tta_report(train_per_class: int, test_images: int) -> dict:
+    """Test-time augmentation (``tta=hflip``) through the predict path's own computation
+    (``inference.predict_images``): each model's test accuracy without and with it, on seed 0's test10k split."""
+    from core import datasets as ds
+    from core.db import session_scope
+    from core.storage import get_storage
+    from core.tables import Model
+    from workers.runtime.inference import predict_images
+    from workers.runtime.serving import PREDICTORS
+
+    tenant_id, dataset_id, sizes = official_split_dataset(official_split_zip(train_per_class, test_images), 0)
+    out: dict = {"split_sizes": sizes, "backbone": "efficientnet_lite0"}
+    storage = get_storage()
+    for name, finetune in TTA_ROWS.items():
+        row = run_model(
+            tenant_id,
+            dataset_id,
+            backbone="efficientnet_lite0",
+            strategy="linear_probe" if finetune is None else "finetune",
+            head={} if finetune is None else None,
+            finetune=None if finetune is None else {**finetune, "seed": 0},
+            seed=0,
+        )
+        with session_scope() as s:
+            model = s.query(Model).filter_by(dataset_id=dataset_id).order_by(Model.created_at.desc()).first()
+            test = [(r.canonical_key, r.label) for r in ds.version_images(s, model.version_id) if r.split == "test"]
+            model_id = model.id
+        predictor = PREDICTORS.get(tenant_id, model_id)
+        labels, truth = np.array(predictor.labels), np.array([label for _, label in test])
+        scores = {}
+        for tta in ((), ("hflip",)):
+            start, preds = time.perf_counter(), []
+            for i in range(0, len(test), 64):
+                images = [storage.get_bytes(key) for key, _ in test[i : i + 64]]
+                preds.append(labels[predict_images(predictor, images, tta).argmax(axis=1)])
+            scores["+".join(tta) or "none"] = {
+                "test_accuracy": round(float(np.mean(np.concatenate(preds) == truth)), 4),
+                "ms_per_image": round((time.perf_counter() - start) * 1000 / len(test), 2),
+            }
+        out[name] = {"model_test_accuracy": row["test_accuracy"], "tta": scores}
+        print(name, out[name], flush=True)
+    _save_section("tta", out)
+    return out
+
+
 def _table(runs: dict[str, list[dict]], settings: dict[str, dict | None]) -> dict:
     table = {}
     for name, rows in runs.items():
@@ -279,7 +333,7 @@ def _save_section(section: str, value: dict) -> None:
     write_result("quality", {**kept, section: value})
 
 
-SECTIONS = ("probe", "lpft", "test10k")
+SECTIONS = ("probe", "lpft", "test10k", "tta")
 
 
 def main() -> None:
@@ -308,6 +362,8 @@ def main() -> None:
         if not fashion_available():
             raise SystemExit("test10k needs Fashion-MNIST: make sample-data")
         test10k_report(args.pool_per_class, args.test_images, args.test10k_seeds)
+    if "tta" in sections:
+        tta_report(args.pool_per_class, args.test_images)
 
 
 if __name__ == "__main__":
