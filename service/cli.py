@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from core.settings import get_settings
+from core.settings import get_settings, reset_settings
 from core.tenancy import SCOPES
 
 log = logging.getLogger("tlserve")
@@ -75,15 +75,26 @@ def _worker_argv(queues: str, concurrency: int | None) -> list[str]:
     return argv
 
 
+def thread_share(concurrency: int | None, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The compute threads of each of a worker's processes, unless set: the cores shared out evenly, so that
+    ``tlserve up`` (one process) runs a lone job's forward passes on every core and ``tlserve worker`` (one
+    process per core by default) gives each process one."""
+    environ = os.environ if environ is None else environ
+    cores = os.cpu_count() or 1
+    share = str(max(1, cores // max(1, concurrency or cores)))
+    return {var: share for var in ("TLSERVE_ORT_THREADS", "TLSERVE_TORCH_THREADS") if var not in environ}
+
+
 def _worker(queues: str, concurrency: int | None) -> int:
-    settings = get_settings()
-    if settings.broker_is_memory:
+    if get_settings().broker_is_memory:
         print(
             "tlserve worker needs a real broker (TLSERVE_BROKER_URL=redis://...); "
             "with memory:// use 'tlserve up', which runs jobs in-process.",
             file=sys.stderr,
         )
         return 2
+    os.environ.update(thread_share(concurrency))  # inherited by the pool's processes
+    reset_settings()
     from workers.celery_app import app
 
     app.worker_main(_worker_argv(queues, concurrency))

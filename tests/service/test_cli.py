@@ -113,3 +113,14 @@ def test_sweep_reports_then_deletes_an_orphaned_upload(db: str) -> None:
     assert summary["deleted"] == summary["by_kind"]["uploads"]["objects"] == 2 and summary["deleted_bytes"] == 2058
     assert storage.list("tenants") == []
     assert "--grace-seconds" in run("sweep", "--help").stdout
+
+
+def test_worker_processes_share_the_cores_unless_told(monkeypatch) -> None:
+    from service.cli import thread_share
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert thread_share(1, {}) == {"TLSERVE_ORT_THREADS": "8", "TLSERVE_TORCH_THREADS": "8"}  # tlserve up
+    assert thread_share(None, {}) == {"TLSERVE_ORT_THREADS": "1", "TLSERVE_TORCH_THREADS": "1"}  # one per core
+    assert thread_share(3, {}) == {"TLSERVE_ORT_THREADS": "2", "TLSERVE_TORCH_THREADS": "2"}
+    assert thread_share(16, {}) == {"TLSERVE_ORT_THREADS": "1", "TLSERVE_TORCH_THREADS": "1"}
+    assert thread_share(1, {"TLSERVE_ORT_THREADS": "3"}) == {"TLSERVE_TORCH_THREADS": "8"}  # a setting wins
