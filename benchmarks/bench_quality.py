@@ -90,6 +90,19 @@ def run_model(tenant_id: str, dataset_id: str, **request) -> dict:
         }
 
 
+def run_row(tenant_id: str, dataset_id: str, finetune: dict | None, seed: int) -> dict:
+    """One row of a comparison table: the linear probe (``finetune`` None) or a fine-tune with these settings."""
+    return run_model(
+        tenant_id,
+        dataset_id,
+        backbone="efficientnet_lite0",
+        strategy="linear_probe" if finetune is None else "finetune",
+        head={} if finetune is None else None,
+        finetune=None if finetune is None else {**finetune, "seed": seed},
+        seed=seed,
+    )
+
+
 def baselines(tenant_id: str, dataset_id: str) -> dict:
     """Plain scikit-learn on the same cached features and split, and on raw pixels."""
     from sklearn.linear_model import LogisticRegression
@@ -154,18 +167,7 @@ def lpft_report(source: str, per_class: int, seeds: int) -> dict:
     for seed in range(seeds):
         tenant_id, dataset_id = make_dataset(source, per_class, seed=seed, val_fraction=0.15, test_fraction=0.3)
         for name, finetune in LPFT_ROWS.items():
-            strategy = "linear_probe" if finetune is None else "finetune"
-            runs[name].append(
-                run_model(
-                    tenant_id,
-                    dataset_id,
-                    backbone="efficientnet_lite0",
-                    strategy=strategy,
-                    head={} if finetune is None else None,
-                    finetune=None if finetune is None else {**finetune, "seed": seed},
-                    seed=seed,
-                )
-            )
+            runs[name].append(run_row(tenant_id, dataset_id, finetune, seed))
             print(name, seed, runs[name][-1], flush=True)
     return {
         "source": source,
@@ -238,16 +240,7 @@ def test10k_report(train_per_class: int, test_images: int, seeds: int) -> dict:
     for seed in range(seeds):
         tenant_id, dataset_id, sizes = official_split_dataset(archive, seed)
         for name, finetune in TEST10K_ROWS.items():
-            strategy = "linear_probe" if finetune is None else "finetune"
-            row = run_model(
-                tenant_id,
-                dataset_id,
-                backbone="efficientnet_lite0",
-                strategy=strategy,
-                head={} if finetune is None else None,
-                finetune=None if finetune is None else {**finetune, "seed": seed},
-                seed=seed,
-            )
+            row = run_row(tenant_id, dataset_id, finetune, seed)
             runs[name].append(row)
             print(name, seed, row, flush=True)
         out = {
@@ -281,15 +274,7 @@ def tta_report(train_per_class: int, test_images: int) -> dict:
     out: dict = {"split_sizes": sizes, "backbone": "efficientnet_lite0"}
     storage = get_storage()
     for name, finetune in TTA_ROWS.items():
-        row = run_model(
-            tenant_id,
-            dataset_id,
-            backbone="efficientnet_lite0",
-            strategy="linear_probe" if finetune is None else "finetune",
-            head={} if finetune is None else None,
-            finetune=None if finetune is None else {**finetune, "seed": 0},
-            seed=0,
-        )
+        row = run_row(tenant_id, dataset_id, finetune, 0)
         with session_scope() as s:
             model = s.query(Model).filter_by(dataset_id=dataset_id).order_by(Model.created_at.desc()).first()
             test = [(r.canonical_key, r.label) for r in ds.version_images(s, model.version_id) if r.split == "test"]

@@ -116,6 +116,18 @@ def test_0005_feature_sets_per_version_keeps_rows_and_allows_one_per_version(db:
     engine.dispose()
 
 
+def _tenant_with_a_key(conn, now: datetime) -> None:  # type: ignore[no-untyped-def]
+    """Tenant ``tn_1`` (acme) and its key ``key_1``, in the columns every revision since 0001 has."""
+    conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('tn_1', 'acme', :t)"), {"t": now})
+    conn.execute(
+        text(
+            "INSERT INTO api_keys (id, tenant_id, prefix, key_hash, created_at)"
+            " VALUES ('key_1', 'tn_1', 'abc', 'h', :t)"
+        ),
+        {"t": now},
+    )
+
+
 def test_0006_tenant_quotas_keeps_tenants_and_what_they_own(db: str) -> None:
     from core.migrate import downgrade, upgrade
 
@@ -124,14 +136,7 @@ def test_0006_tenant_quotas_keeps_tenants_and_what_they_own(db: str) -> None:
     now = datetime(2026, 12, 2, 7, 0, tzinfo=UTC)
     engine = create_engine(db)
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('tn_1', 'acme', :t)"), {"t": now})
-        conn.execute(
-            text(
-                "INSERT INTO api_keys (id, tenant_id, prefix, key_hash, created_at)"
-                " VALUES ('key_1', 'tn_1', 'abc', 'h', :t)"
-            ),
-            {"t": now},
-        )
+        _tenant_with_a_key(conn, now)
         conn.execute(
             text("INSERT INTO datasets (id, tenant_id, name, created_at) VALUES ('ds_1', 'tn_1', 'd', :t)"), {"t": now}
         )
@@ -158,14 +163,7 @@ def test_0007_api_key_scopes_keeps_keys_and_gives_them_scope_all(db: str) -> Non
     now = datetime(2026, 12, 2, 12, 30, tzinfo=UTC)
     engine = create_engine(db)
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('tn_1', 'acme', :t)"), {"t": now})
-        conn.execute(
-            text(
-                "INSERT INTO api_keys (id, tenant_id, prefix, key_hash, created_at)"
-                " VALUES ('key_1', 'tn_1', 'abc', 'h', :t)"
-            ),
-            {"t": now},
-        )
+        _tenant_with_a_key(conn, now)
     upgrade(db)
     with engine.begin() as conn:
         row = conn.execute(text("SELECT id, tenant_id, prefix, key_hash, scope FROM api_keys")).one()
