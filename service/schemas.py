@@ -71,7 +71,8 @@ class FinetuneBody(Strict):
     lr: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] | None = Field(
         None,
         description='the head\'s learning rate (lower stages get discriminative fractions of it), or "auto": a '
-        "learning-rate range test (~100 steps) picks it with fastai's valley rule; default 1e-3",
+        "learning-rate range test (~100 steps) picks it with fastai's valley rule; default 1e-4 when the head starts "
+        "as the linear probe (head_init probe), 1e-3 from a random head",
     )
     momentum: float | None = Field(None, ge=0, lt=1)
     weight_decay: float | None = Field(None, ge=0, le=1)

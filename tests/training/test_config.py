@@ -9,7 +9,10 @@ from workers.training.config import AUGMENTATIONS, OPTIMIZERS
 
 def test_defaults_mirror_the_design_body() -> None:
     cfg = FinetuneConfig.from_dict({})
-    assert (cfg.epochs, cfg.unfreeze, cfg.optimizer, cfg.lr, cfg.batch_size) == (10, "head", "adamw", 1e-3, 32)
+    assert (cfg.epochs, cfg.unfreeze, cfg.optimizer, cfg.lr, cfg.batch_size) == (10, "head", "adamw", None, 32)
+    assert cfg.resolved_lr() == 1e-4  # the head starts as the probe: small steps
+    assert FinetuneConfig.from_dict({"head_init": "random"}).resolved_lr() == 1e-3
+    assert FinetuneConfig.from_dict({"lr": 0.03}).resolved_lr() == 0.03
     assert (cfg.early_stopping_patience, cfg.augment, cfg.schedule, cfg.init) == (3, (), "cosine", "xavier")
     assert cfg.resolved_data_path() == "cached"
 

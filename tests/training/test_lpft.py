@@ -258,6 +258,6 @@ def test_a_format_1_checkpoint_still_resumes() -> None:
     best["loss"] = best.pop("key")[0]
     old["best"] = best
     resumed = finetune(LENET, train, val, cfg, resume_state=old)
-    assert len(resumed.history) == 2 and resumed.lr == cfg.lr
+    assert len(resumed.history) == 2 and resumed.lr == cfg.resolved_lr()
     with pytest.raises(Exception, match="format"):
         finetune(LENET, train, val, cfg, resume_state={**old, "format": 99})

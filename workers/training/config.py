@@ -16,7 +16,11 @@ SCHEDULES = ("cosine", "step", "none")
 INITS = ("he", "xavier")
 HEAD_INITS = ("probe", "random")
 MONITORS = ("val_loss", "val_acc")
-DEFAULT_LR = 1e-3
+DEFAULT_LR = 1e-3  # the head's rate when it starts at random
+# A head that starts as the probe is already at the optimum of the frozen features: a tenth of that rate
+# lets the trained stages move without knocking it off (on 1,000 Fashion-MNIST images, last stage + flips
+# for 3 epochs: 1e-4 kept a better model than the probe where 1e-3 ended 1.5 points below it).
+PROBE_START_LR = 1e-4
 # Without an explicit ``discriminative_lr_decay`` the bottom stage trains at lr / 100 and the stages between
 # at geometrically spaced rates (fastai's ``slice(lr / 100, lr)``), whatever the number of stages.
 DISCRIMINATIVE_SPAN = 0.01
@@ -53,7 +57,7 @@ class FinetuneConfig:
     unfreeze: str = "head"  # "head" | "last:N" | "all" | "gradual"
     gradual_every: int = 1  # gradual: one more stage (from the top) every this many epochs
     optimizer: str = "adamw"
-    lr: float | str = DEFAULT_LR  # the head's learning rate, or "auto": a learning-rate range test picks it
+    lr: float | str | None = None  # the head's learning rate, "auto" (a range test picks it), None: by head_init
     momentum: float = 0.9  # sgd "momentum"/"nesterov" and rmsprop
     weight_decay: float = 1e-4
     dropout: float = 0.2
@@ -85,6 +89,12 @@ class FinetuneConfig:
     @property
     def auto_lr(self) -> bool:
         return self.lr == "auto"
+
+    def resolved_lr(self) -> float:
+        """The head's rate when not "auto": as given, else PROBE_START_LR from the probe, DEFAULT_LR from random."""
+        if self.lr is None:
+            return PROBE_START_LR if self.head_init == "probe" else DEFAULT_LR
+        return float(self.lr)
 
     def stage_lr_decay(self, num_stages: int) -> float:
         """The discriminative factor between neighbouring stages (and between the head and the top stage)."""
@@ -131,7 +141,7 @@ class FinetuneConfig:
         _check_choice(self.data_path, "data_path", DATA_PATHS)
         _check_choice(self.head_init, "head_init", HEAD_INITS)
         _check_choice(self.monitor, "monitor", MONITORS)
-        if not self.auto_lr:
+        if not self.auto_lr and self.lr is not None:
             _check_float(self.lr, "lr", 0.0, 10.0, low_open=True)
         _check_float(self.warmup, "warmup", 0.0, 1.0, high_open=True)
         if not isinstance(self.refit_probe, bool):

@@ -160,7 +160,7 @@ class _Trainer:
         self.bad_epochs = 0
         self.stopped = False
         self.initial: dict[str, Any] = {}
-        self.lr = float(cfg.lr) if not cfg.auto_lr else 0.0  # resolved in fit()
+        self.lr = cfg.resolved_lr() if not cfg.auto_lr else 0.0  # found in fit()
         self.lr_find: dict[str, Any] | None = None
         self.probe: ProbeHead | None = None
         self.probe_inputs: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
@@ -462,7 +462,7 @@ class _Trainer:
         self._check_compatible(state)
         epochs_done = int(state["epoch"])
         self.model.load_state_dict(state["model"])
-        self.lr = float(state.get("lr") or (self.cfg.lr if not self.cfg.auto_lr else 0.0))
+        self.lr = float(state.get("lr") or (self.cfg.resolved_lr() if not self.cfg.auto_lr else 0.0))
         self.initial = dict(state.get("initial") or {})
         self.lr_find = copy.deepcopy(state.get("lr_find"))
         self.optimizer = build_optimizer(self.cfg, [self._head_group(self.lr)], lr=self.lr)

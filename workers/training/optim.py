@@ -23,7 +23,7 @@ def build_optimizer(cfg: FinetuneConfig, groups: Iterable[dict[str, Any]], lr: f
     Adagrad, Adadelta and RMSprop take the rate as given (Adadelta's customary lr is 1.0). ``lr``: the
     resolved rate when ``cfg.lr`` is "auto" (every group carries its own anyway)."""
     groups = list(groups)
-    lr = float(lr if lr is not None else cfg.lr)
+    lr = float(lr if lr is not None else cfg.resolved_lr())
     wd, mom = cfg.weight_decay, cfg.momentum
     name = cfg.optimizer
     if name == "sgd":
