@@ -34,7 +34,13 @@ def get_session() -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def _settings() -> Settings:
+    """The settings, on the event loop: FastAPI runs a plain ``def`` dependency in its thread pool, a hop
+    every request of the predict path would pay for a cached object."""
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
 class KeyCache:
