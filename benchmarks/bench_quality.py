@@ -313,11 +313,17 @@ def _table(runs: dict[str, list[dict]], settings: dict[str, dict | None]) -> dic
 
 
 def _save_section(section: str, value: dict) -> None:
-    """Write ``section`` into the result file, keeping the other sections of earlier runs."""
+    """Write ``section`` into the result file, keeping the other sections of earlier runs; each section
+    names the commit it was measured with (the file's own header is that of the last writer)."""
+    import os
+
+    from common import code_version
+
     previous = RESULTS / "quality.json"
     kept = json.loads(previous.read_text()) if previous.exists() else {}
     kept = {k: v for k, v in kept.items() if k not in ("machine", "code", "load_average_1m_at_end", section)}
-    write_result("quality", {**kept, section: value})
+    stamp = {"commit": code_version()["commit"][:10], "load_average_1m": round(os.getloadavg()[0], 2)}
+    write_result("quality", {**kept, section: {**value, "measured_with": stamp}})
 
 
 SECTIONS = ("probe", "lpft", "test10k", "tta")
