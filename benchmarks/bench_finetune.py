@@ -62,7 +62,7 @@ def plain_loop_epochs(spec: Any, train: Any, val: Any, cfg: Any, epochs: int) ->
     for module in trainable:
         module.requires_grad_(True)
     params = [p for m in trainable for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.resolved_lr(), weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     times = []
     for _ in range(epochs):
