@@ -28,7 +28,8 @@ class Caller(NamedTuple):
     scope: str
 
 
-def _digest(key: str) -> str:
+def key_digest(key: str) -> str:
+    """What is stored of a key (its SHA-256), and what the API's cache of valid keys is keyed by."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -51,7 +52,7 @@ def create_api_key(session: Session, tenant_name: str, scope: str = "all") -> st
     tenant = get_or_create_tenant(session, tenant_name)
     prefix = secrets.token_hex(6)
     key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
-    session.add(ApiKey(tenant_id=tenant.id, prefix=prefix, key_hash=_digest(key), scope=scope))
+    session.add(ApiKey(tenant_id=tenant.id, prefix=prefix, key_hash=key_digest(key), scope=scope))
     session.flush()
     return key
 
@@ -65,7 +66,7 @@ def authenticate(session: Session, key: str | None) -> Caller:
     if len(parts) < 3 or parts[0] != KEY_PREFIX:
         raise failure
     row = session.scalar(select(ApiKey).where(ApiKey.prefix == parts[1], ApiKey.revoked_at.is_(None)))
-    if row is None or not hmac.compare_digest(row.key_hash, _digest(key)):
+    if row is None or not hmac.compare_digest(row.key_hash, key_digest(key)):
         raise failure
     return Caller(row.tenant_id, row.scope)
 

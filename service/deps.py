@@ -11,7 +11,6 @@ declared by the prediction routes only, takes a key of any scope."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -24,7 +23,7 @@ from sqlalchemy.orm import Session
 from core.db import session_scope
 from core.errors import ForbiddenScope
 from core.settings import Settings, get_settings
-from core.tenancy import Caller, authenticate
+from core.tenancy import Caller, authenticate, key_digest
 from service.ratelimit import check_rate
 
 
@@ -34,6 +33,8 @@ def get_session() -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
 async def _settings() -> Settings:
     """The settings, on the event loop: FastAPI runs a plain ``def`` dependency in its thread pool, a hop
     every request of the predict path would pay for a cached object."""
@@ -55,7 +56,7 @@ class KeyCache:
     def get(self, token: str, ttl_s: float) -> Caller:
         if ttl_s <= 0:
             return _authenticate_in_db(token)
-        digest, now = hashlib.sha256(token.encode()).hexdigest(), time.monotonic()
+        digest, now = key_digest(token), time.monotonic()
         with self._lock:
             hit = self._entries.get(digest)
         if hit is not None and hit[1] > now:

@@ -51,6 +51,4 @@ def test_junk_tokens_are_not_kept_and_the_cache_is_bounded(api_key: str, other_a
     cache = deps.KeyCache(max_entries=1)
     cache.get(api_key, 1.0)
     cache.get(other_api_key, 1.0)
-    assert len(deps.KEYS._entries) == 0 and list(cache._entries) == [
-        deps.hashlib.sha256(other_api_key.encode()).hexdigest()
-    ]
+    assert len(deps.KEYS._entries) == 0 and list(cache._entries) == [deps.key_digest(other_api_key)]
