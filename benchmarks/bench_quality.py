@@ -89,6 +89,7 @@ def run_model(tenant_id: str, dataset_id: str, **request) -> dict:
             **({"epoch0_val_acc": out["initial"].get("val_acc")} if out.get("initial") else {}),
             **({"refit_on_val": out["refit_on_val"]} if "refit_on_val" in out else {}),
             **({"seconds_per_epoch": out["seconds_per_epoch"]} if "seconds_per_epoch" in out else {}),
+            **({"refit_seconds": round(out["refit"]["seconds"], 1)} if out.get("refit") else {}),
         }
 
 

@@ -90,6 +90,11 @@ class FinetuneBody(Strict):
     refit_probe: bool | None = Field(
         None, description="when the probe (epoch 0) stays the best, refit it on train + val as a linear probe is [true]"
     )
+    refit: bool | None = Field(
+        None,
+        description="when a trained epoch is the best, train again on train + val for that many epochs, from the "
+        "probe of train + val [true; false halves the time of a fine-tune that keeps its last epochs]",
+    )
     init: str | None = Field(None, max_length=16)
     discriminative_lr_decay: float | None = Field(
         None, gt=0, le=1, description="rate factor per stage below the head; default: the bottom stage gets lr/100"

@@ -136,9 +136,14 @@ def test_lpft_starts_from_the_cached_probe_and_reports_it(env) -> None:
     assert initial["head_init"] == "probe" and initial["features"] == "cache" and initial["epoch"] == 0
     best = initial if metrics["best_epoch"] == 0 else metrics["history"][metrics["best_epoch"] - 1]
     assert best["val_loss"] <= initial["val_loss"]
-    assert metrics["refit_on_val"] == (metrics["best_epoch"] == 0)  # a probe that stays is refitted on train + val
+    assert metrics["refit_on_val"]  # the kept model is trained again on train + val, or the probe refitted on them
     model = client.get(f"/v1/models/{resp.json()['id']}", headers=auth(key)).json()
     m = model["metrics"]
+    refit = metrics["refit"]
+    assert (refit is None) == (metrics["best_epoch"] == 0)
+    if refit is not None:
+        assert refit["epochs"] == metrics["best_epoch"]
+        assert refit["images"] == m["split_sizes"]["train"] + m["split_sizes"]["val"]
     assert 0.5 < m["probe_accuracy"] <= 1 and m["accuracy"] > 0.5  # digits on ImageNet features: well above 0.1
     assert model["params"]["finetune"]["head_init"] == "probe"
     assert _served_test_accuracy(model["id"]) == pytest.approx(m["accuracy"], abs=1.01 / m["split_sizes"]["test"])

@@ -45,6 +45,7 @@ def test_both_paths_learn_real_digits(
         batch_size=32,
         early_stopping_patience=0,
         head_init="random",  # learning from scratch; the probe start is tested in test_lpft.py
+        refit=False,  # the selected epoch's model itself (the refit on train + val is tested in test_lpft.py)
     )
     result = finetune(LENET, train, val, cfg)
     assert result.data_path == data_path and len(result.history) == 6
@@ -206,7 +207,7 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     val = Samples(val.images, shuffled, val.classes)
     checkpoints: list[dict[str, Any]] = []
     cfg = FinetuneConfig(
-        epochs=15, unfreeze="all", lr=1e-2, early_stopping_patience=2, schedule="none", head_init="random"
+        epochs=15, unfreeze="all", lr=1e-2, early_stopping_patience=2, schedule="none", head_init="random", refit=False
     )
     result = finetune(LENET, train, val, cfg, callbacks=Callbacks(save_checkpoint=checkpoints.append))
     val_losses = [row["val_loss"] for row in result.history]

@@ -21,7 +21,7 @@ from tests.training.factories import digit_split, small_spec
 from workers.backbones import get_backbone, load_model
 from workers.training import Callbacks, FinetuneConfig, Samples, finetune, predict_logits
 from workers.training.augment import batch_transform
-from workers.training.data import decode
+from workers.training.data import decode, joined
 from workers.training.lr_find import valley
 from workers.training.optim import lr_factor
 from workers.training.probe import fit_probe, load_head, pooled_features
@@ -64,7 +64,7 @@ def test_epoch_0_is_the_probe_on_the_training_graph() -> None:
     """The fine-tune's starting model, through the training graph (predict_logits), gives the probabilities
     of the scikit-learn probe on that graph's pooled features, and epoch 0's validation accuracy is its."""
     train, val = digit_split(20, 10)
-    cfg = FinetuneConfig(epochs=1, unfreeze="last:1", early_stopping_patience=0)
+    cfg = FinetuneConfig(epochs=1, unfreeze="last:1", early_stopping_patience=0, refit=False)
     result = finetune(LENET, train, val, cfg)
     probe = result.probe
     assert probe is not None and result.initial["head_init"] == "probe" and result.initial["features"] == "model"
@@ -137,7 +137,9 @@ def test_training_graph_features_are_the_feature_cache_features(tmp_path: Path, 
 def test_the_kept_model_is_never_worse_than_the_probe(unfreeze: str, monitor: str) -> None:
     """Real digits: the best epoch's monitored validation score is at least epoch 0's (the probe's)."""
     train, val = digit_split(30, 15)
-    cfg = FinetuneConfig(epochs=3, unfreeze=unfreeze, monitor=monitor, early_stopping_patience=0, refit_probe=False)
+    cfg = FinetuneConfig(
+        epochs=3, unfreeze=unfreeze, monitor=monitor, early_stopping_patience=0, refit_probe=False, refit=False
+    )
     result = finetune(LENET, train, val, cfg)
     initial = result.initial
     assert initial["head_init"] == "probe" and initial["val_acc"] > 0.6  # LeNet's random features + probe
@@ -182,6 +184,39 @@ def test_a_harmful_fine_tune_hands_back_the_probe() -> None:
     for key, value in result.state_dict.items():  # the trunk is epoch 0's in both
         if not key.startswith("net.classifier"):
             assert torch.equal(value, refitted.state_dict[key]), key
+
+
+def test_a_trained_epoch_that_wins_is_trained_again_on_train_and_val() -> None:
+    """The selection picks the epoch on val; the kept model is the same training run again on train + val for
+    that many epochs: bit for bit what training on the joined images without a validation split gives."""
+    train, val = digit_split(20, 10)
+    cfg = FinetuneConfig(epochs=1, unfreeze="last:1", head_init="random", early_stopping_patience=0)
+    result = finetune(LENET, train, val, cfg)
+    assert result.best_epoch == 1 and result.refit_on_val
+    assert result.refit is not None and result.refit["epochs"] == 1 and result.refit["images"] == 300
+    alone = finetune(LENET, joined(train, val), Samples([], [], list(train.classes or [])), cfg)
+    assert alone.best_epoch == 1 and not alone.refit_on_val  # no validation split: nothing to select or fold in
+    assert result.state_dict.keys() == alone.state_dict.keys()
+    for key, value in alone.state_dict.items():
+        assert torch.equal(value, result.state_dict[key]), key
+    kept = finetune(LENET, train, val, dataclasses.replace(cfg, refit=False))
+    assert kept.refit is None and not kept.refit_on_val
+    assert not torch.equal(kept.state_dict["net.classifier.weight"], result.state_dict["net.classifier.weight"])
+
+
+@pytest.mark.parametrize("unfreeze", ["head", "last:1"])
+def test_the_kept_model_starts_from_the_probe_of_train_and_val(unfreeze: str) -> None:
+    """Whichever epoch wins — the probe (refitted) or a trained one (trained again) — the probe the kept model
+    started from, reported beside its accuracy, is the probe of train + val, as a linear probe's is."""
+    train, val = digit_split(20, 10)
+    result = finetune(LENET, train, val, FinetuneConfig(epochs=1, unfreeze=unfreeze, early_stopping_patience=0))
+    assert result.refit_on_val and result.probe is not None
+    trunk = _seeded_lenet(0)
+    transform = batch_transform(LENET.preprocessing, train=False)
+    features = [pooled_features(trunk, [transform(decode(s, LENET.preprocessing))]) for s in (train, val)]
+    labels = np.concatenate([train.labels, val.labels])
+    want = fit_probe(np.concatenate(features), labels, [str(i) for i in range(10)], seed=0)
+    np.testing.assert_allclose(result.probe.weight, want.weight, rtol=1e-5, atol=1e-4)
 
 
 def test_random_head_init_is_still_possible() -> None:

@@ -149,12 +149,13 @@ def finetune_job(ctx: JobContext) -> dict[str, Any]:
         "stopped_early": result.stopped_early,
         "data_path": result.data_path,
         "train_seconds": round(train_seconds, 2),
-        "seconds_per_epoch": round(
-            train_seconds / max(1, len(result.history) - int(resume["epoch"] if resume else 0)), 2
-        ),
+        "seconds_per_epoch": round(float(np.mean([r["seconds"] for r in result.history])), 2)
+        if result.history
+        else None,
         "resumed_from_epoch": int(resume["epoch"]) if resume else None,
         "initial": result.initial,
         "refit_on_val": result.refit_on_val,
+        "refit": result.refit,
         "lr": result.lr,
     }
     if result.lr_find is not None:
@@ -196,15 +197,19 @@ def _cached_features(
 def _probe_report(
     result: Any, cached: dict[str, tuple[np.ndarray, np.ndarray]] | None, classes: list[str], seed: int
 ) -> dict[str, Any]:
-    """The test accuracy of the probe the head started from, on the same test split (refitted identically
-    when the run resumed from a checkpoint and no longer holds it)."""
+    """The test accuracy of the probe the kept head started from — of train + val when the model was refitted
+    on them, as a linear probe is — on the same test split (fitted again when the run resumed from a
+    checkpoint and no longer holds it)."""
     from workers.training.probe import fit_probe
 
     if cached is None or not len(cached["test"][1]):
         return {}
     probe = result.probe
     if probe is None:
-        probe = fit_probe(*cached["train"], classes, seed=seed)
+        splits = ("train", "val") if result.refit_on_val else ("train",)
+        X_fit = np.concatenate([cached[s][0] for s in splits])
+        y_fit = np.concatenate([cached[s][1] for s in splits])
+        probe = fit_probe(X_fit, y_fit, classes, seed=seed)
     X, y = cached["test"]
     pred = (X.astype(np.float64) @ probe.weight.T + probe.bias).argmax(axis=1)
     accuracy = float(np.mean(pred == y))

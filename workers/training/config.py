@@ -70,6 +70,8 @@ class FinetuneConfig:
     warmup: float = 0.1  # fraction of all steps over which the rate rises linearly from 0 (0: no warm-up)
     head_init: str = "probe"  # "probe": a linear probe fitted on the train split's features (LP-FT); "random"
     refit_probe: bool = True  # when epoch 0 (the probe) stays the best, refit it on train + val as a probe would
+    refit: bool = True  # when a trained epoch is the best, train again the same way on train + val for that many
+    # epochs (from the probe of train + val), as a linear probe is refitted after its C search
     init: str = "xavier"  # init of a random head: "he" | "xavier"
     discriminative_lr_decay: float | None = None  # a stage d below the head trains at lr * decay**d; None:
     # decay = DISCRIMINATIVE_SPAN ** (1 / num_stages)
@@ -144,10 +146,11 @@ class FinetuneConfig:
         if not self.auto_lr and self.lr is not None:
             _check_float(self.lr, "lr", 0.0, 10.0, low_open=True)
         _check_float(self.warmup, "warmup", 0.0, 1.0, high_open=True)
-        if not isinstance(self.refit_probe, bool):
-            raise InvalidInput(
-                f"refit_probe must be true or false; got {self.refit_probe!r}", details={"field": "refit_probe"}
-            )
+        for name in ("refit_probe", "refit"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInput(
+                    f"{name} must be true or false; got {getattr(self, name)!r}", details={"field": name}
+                )
         if self.bn_eval is not None and not isinstance(self.bn_eval, bool):
             raise InvalidInput(
                 f"bn_eval must be true, false or null; got {self.bn_eval!r}", details={"field": "bn_eval"}

@@ -75,6 +75,29 @@ class Samples:
         return len(self.labels)
 
 
+class _Chained(Sequence[bytes | np.ndarray]):
+    """Two image sequences read as one, without reading either (they may be :class:`StoredImages`)."""
+
+    def __init__(self, first: Sequence[bytes | np.ndarray], second: Sequence[bytes | np.ndarray]) -> None:
+        self.first, self.second = first, second
+
+    def __len__(self) -> int:
+        return len(self.first) + len(self.second)
+
+    def __getitem__(self, i: int) -> bytes | np.ndarray:  # type: ignore[override]  # no slices needed
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        return self.first[i] if i < len(self.first) else self.second[i - len(self.first)]
+
+
+def joined(first: Samples, second: Samples) -> Samples:
+    """``first`` then ``second`` as one set of samples (train + val for the refit after selection)."""
+    return Samples(
+        _Chained(first.images, second.images), [*first.labels, *second.labels], first.classes or second.classes
+    )
+
+
 def class_names(train: Samples, val: Samples) -> list[str]:
     """The class list, checked against every label."""
     names = train.classes or val.classes

@@ -33,6 +33,7 @@ from workers.training.data import (
     Samples,
     class_names,
     in_order,
+    joined,
     prefetch,
     sampled_rgb_pca,
     split_budget,
@@ -46,9 +47,9 @@ from workers.training.optim import build_optimizer, lr_factor, set_epoch_lr
 from workers.training.probe import ProbeHead, fit_probe, load_head, pooled_features
 
 # 2: epoch 0 (the probe) can be the best epoch, the resolved learning rate and the range test are kept.
-# Format 1 checkpoints (random heads, per-epoch schedule) still resume.
-CHECKPOINT_FORMAT = 2
-READABLE_FORMATS = (1, 2)
+# 3: the config has ``refit``. Format 1 and 2 checkpoints still resume (with the fields they knew).
+CHECKPOINT_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
 
 
 @dataclass
@@ -57,7 +58,9 @@ class FinetuneResult:
     ``forward_head(pre_logits=True)`` still gives features); ``state_dict``: the same weights on the CPU,
     to store; ``best_epoch`` is 1-based like the history rows, 0 when the starting point (the probe) stayed
     the best; ``initial``: the starting point evaluated on validation (and how the head was initialised);
-    ``lr``: the head's base learning rate (found by the range test when asked, whose curve is ``lr_find``)."""
+    ``lr``: the head's base learning rate (found by the range test when asked, whose curve is ``lr_find``);
+    ``refit_on_val``: the kept model was trained again on train + val after the selection (``refit`` says how,
+    when a trained epoch won; the probe refitted when epoch 0 did)."""
 
     model: BackboneModel
     classes: list[str]
@@ -69,8 +72,9 @@ class FinetuneResult:
     initial: dict[str, Any] = dataclasses.field(default_factory=dict)
     lr: float = 0.0
     lr_find: dict[str, Any] | None = None
-    probe: ProbeHead | None = None  # the probe the head started from (None: random head, or a resumed run)
-    refit_on_val: bool = False  # epoch 0 stayed the best and the head is the probe refitted on train + val
+    probe: ProbeHead | None = None  # the probe the kept head started from (None: random head, or a resumed run)
+    refit_on_val: bool = False
+    refit: dict[str, Any] | None = None  # the run on train + val: epochs, images, seconds, train loss/accuracy
 
 
 def finetune(
@@ -95,8 +99,8 @@ def finetune(
     dataset's :func:`~workers.training.augment.rgb_pca`, computed from ``train`` when needed and not given.
     ``probe_features``: pooled features of ``train`` (same order) from the feature cache, for the probe that
     initialises the head (``head_init="probe"``); without them the model computes them itself (eval mode).
-    ``probe_val_features``: the same for ``val``, used when epoch 0 stays the best and ``refit_probe`` refits
-    the probe on train + val. Images are decoded a batch at a time by ``decode_threads`` threads, a few
+    ``probe_val_features``: the same for ``val``, for the probe of train + val that the refit after selection
+    starts from (``refit``, ``refit_probe``). Images are decoded a batch at a time by ``decode_threads`` threads, a few
     batches ahead; at most ``decoded_cache_bytes`` of decoded images (both splits) stay in memory.
     Raises ``InvalidInput`` for bad data or settings and ``TrainingCancelled`` when ``should_stop()``."""
     with deterministic(deterministic_algorithms):
@@ -138,6 +142,7 @@ class _Trainer:
         if len(train) == 0:
             raise InvalidInput("fine-tuning needs at least one training image")
         self.spec, self.cfg, self.cb = spec, cfg, callbacks
+        self.samples, self.device, self.pretrained, self.decoding = (train, val), device, pretrained, decoding
         self.classes = class_names(train, val)
         self.precision = Precision.for_device(device)
         self.generator = rng.seed_everything(cfg.seed)
@@ -154,6 +159,7 @@ class _Trainer:
         self.schedule.freeze_before_training()
         self.bn_eval = cfg.resolved_bn_eval()
         self.scaler = self.precision.grad_scaler()
+        self.pca = pca
         self.path = self._data_path(train, val, decoding, pca)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": 0, "key": [math.inf, math.inf], "state": None}
@@ -197,6 +203,7 @@ class _Trainer:
             )
         if "pca_color" in cfg.augment and pca is None:
             pca = sampled_rgb_pca(data.train_x, seed=cfg.seed, threads=decoding.threads)
+        self.pca = pca
         return AugmentedPath(
             self.model,
             data,
@@ -410,27 +417,72 @@ class _Trainer:
         except ValueError:
             return False
         load_head(self.head, probe)
+        self.probe = probe
         return True
 
+    def _refit(self, epochs: int) -> _Trainer:
+        """A trained epoch won the selection on val: the same training again — same config, seed, learning rate
+        and schedule — on train + val, from the probe of train + val, stopped after ``epochs`` epochs (the
+        best), and that model kept. The selection was made on a clean validation split; the refit comes after
+        it, as a linear probe's does after its C search. Returns the trainer that ran it."""
+        train, val = self.samples
+        cfg = dataclasses.replace(self.cfg, lr=self.lr, early_stopping_patience=0, refit=False, refit_probe=False)
+        train_x, val_x = self.probe_inputs
+        features = None
+        if train_x is not None and val_x is not None:
+            features = np.concatenate([np.asarray(train_x, np.float32), np.asarray(val_x, np.float32)])
+        on_progress = self.cb.on_progress
+        callbacks = Callbacks(
+            should_stop=self.cb.should_stop,
+            on_progress=None if on_progress is None else lambda _stage, done, total: on_progress("refit", done, total),
+        )
+        empty = Samples([], [], list(self.classes))
+        trainer = _Trainer(
+            self.spec, joined(train, val), empty, cfg, callbacks, self.device, self.pretrained, self.decoding, self.pca
+        )
+        trainer.run_for(epochs, features)
+        return trainer
+
+    def run_for(self, epochs: int, probe_features: np.ndarray | None) -> None:
+        """The first ``epochs`` epochs without selection (no validation split): the refit's run."""
+        self._start(probe_features)
+        for epoch in range(epochs):
+            self.history.append(self._epoch(epoch))
+
     def _result(self) -> FinetuneResult:
-        if self.best["state"] is not None:
+        selected = self.best["state"] is not None
+        if selected:
             self.model.load_state_dict(self.best["state"])
-        best_epoch = self.best["epoch"] if self.best["state"] is not None else len(self.history)
-        refit = best_epoch == 0 and self.best["state"] is not None and self._refit_probe()
-        self.model.eval().requires_grad_(False)
+        best_epoch = self.best["epoch"] if selected else len(self.history)
+        refit = best_epoch == 0 and selected and self._refit_probe()  # sets self.probe to the refitted one
+        model, probe, refit_run = self.model, self.probe, None
+        if best_epoch > 0 and selected and self.cfg.refit and len(self.data.val_y):
+            started = time.perf_counter()
+            refitted = self._refit(best_epoch)
+            model, probe, refit = refitted.model, refitted.probe, True
+            last = refitted.history[-1]
+            refit_run = {
+                "epochs": best_epoch,
+                "images": len(refitted.data.train_y),
+                "train_loss": last["train_loss"],
+                "train_acc": last["train_acc"],
+                "seconds": time.perf_counter() - started,
+            }
+        model.eval().requires_grad_(False)
         return FinetuneResult(
-            model=self.model,
+            model=model,
             classes=list(self.classes),
             history=[dict(r) for r in self.history],
             best_epoch=best_epoch,
-            state_dict=_cpu_copy(self.model.state_dict()),
+            state_dict=_cpu_copy(model.state_dict()),
             data_path=self.path.name,
             stopped_early=self.stopped and len(self.history) < self.cfg.epochs,
             initial=dict(self.initial),
             lr=self.lr,
             lr_find=copy.deepcopy(self.lr_find),
-            probe=self.probe,
+            probe=probe,
             refit_on_val=refit,
+            refit=refit_run,
         )
 
     # --- checkpoints --------------------------------------------------------------------------------------------
