@@ -121,6 +121,7 @@ def main() -> None:
     spec = get_backbone(args.backbone)
     source, train, val = load_images(args.train, args.val)
     base = {"epochs": args.epochs, "batch_size": args.batch_size, "unfreeze": "last:1", "early_stopping_patience": 0}
+    base |= {"refit": False}  # epoch speed is what is measured: no second run on train + val
     augmented_cfg = FinetuneConfig(**base, data_path="augmented")
     cached_cfg = FinetuneConfig(**base, data_path="cached")
 

@@ -42,7 +42,7 @@ def test_from_dict_normalises_augment_and_accepts_every_name() -> None:
         ({"schedule": "linear"}, "unknown schedule"),
         ({"init": "orthogonal"}, "unknown init"),
         ({"learning_rate": 0.1}, "unknown finetune field(s): learning_rate"),
-        ({"data_path": "cached", "augment": ["hflip"]}, "data_path 'cached'"),
+        ({"data_path": "cached", "augment": ["hflip", "crop"]}, "data_path 'cached'"),
         ({"data_path": "cached", "unfreeze": "gradual"}, "data_path 'cached'"),
     ],
 )
@@ -66,7 +66,9 @@ def test_last_n_is_bounded_by_the_number_of_stages() -> None:
         ({"unfreeze": "last:2"}, "cached"),
         ({"unfreeze": "all"}, "augmented"),
         ({"unfreeze": "gradual"}, "augmented"),
-        ({"unfreeze": "head", "augment": ["hflip"]}, "augmented"),
+        ({"unfreeze": "head", "augment": ["hflip"]}, "cached"),  # one pass per flip variant
+        ({"unfreeze": "last:1", "augment": ["hflip", "vflip"]}, "cached"),
+        ({"unfreeze": "head", "augment": ["hflip", "rotate"]}, "augmented"),
         ({"unfreeze": "head", "data_path": "augmented"}, "augmented"),
     ],
 )

@@ -12,6 +12,7 @@ from core.errors import InvalidInput, JobCancelled
 from tests.training.factories import digit_split, small_spec
 from workers.backbones import get_backbone
 from workers.training import Callbacks, FinetuneConfig, Samples, TrainingCancelled, finetune, predict_logits
+from workers.training.augment import batch_transform
 from workers.training.data import decode
 
 LENET = get_backbone("lenet5")
@@ -28,6 +29,7 @@ def _accuracy(model: torch.nn.Module, samples: Samples, spec: Any) -> float:
     [
         ("head", "cached", (), 2e-2),  # a linear probe on LeNet's random features: it needs a larger step
         ("last:2", "cached", (), 1e-2),
+        ("last:2", "cached", ("hflip", "vflip"), 1e-2),  # the prefix run once per flip variant
         ("last:2", "augmented", ("shift", "pca_color"), 1e-2),
         ("gradual", "augmented", ("rotate",), 1e-2),
     ],
@@ -73,6 +75,44 @@ def test_both_paths_learn_real_digits(
         assert result.model.forward_head(result.model.forward_features(x), pre_logits=True).shape == (2, 84)
     expected_stages = {"head": [0] * 6, "last:2": [2] * 6, "gradual": [0, 1, 2, 3, 4, 4]}[unfreeze]
     assert [row["trainable_stages"] for row in result.history] == expected_stages
+
+
+def test_flips_are_cached_once_per_variant_and_drawn_at_random() -> None:
+    """Head only with hflip + vflip: the frozen trunk runs once over each of the 4 flip variants of the
+    training images (exactly the features of the flipped images), and each epoch every image appears once, in a
+    variant drawn at random, all four about equally often; past the memory budget the augmented path streams."""
+    from workers.training.datapaths import CachedPath
+    from workers.training.loop import _Decoding, _Trainer
+    from workers.training.probe import pooled_features
+
+    train, val = digit_split(10, 3)
+    cfg = FinetuneConfig(epochs=1, unfreeze="head", augment=("hflip", "vflip"), head_init="random")
+    trainer = _Trainer(LENET, train, val, cfg, Callbacks(), torch.device("cpu"), None, _Decoding(1, 2**30), None)
+    path = trainer.path
+    assert isinstance(path, CachedPath) and path.train_variants.shape == (4, 100, 84)
+    images = decode(train, LENET.preprocessing)
+    transform = batch_transform(LENET.preprocessing, train=False)
+    for variant, axes in enumerate([[], [-1], [-2], [-1, -2]]):
+        flipped = images.flip(axes) if axes else images
+        want = pooled_features(trainer.model, [transform(flipped)])
+        np.testing.assert_allclose(path.train_variants[variant].numpy(), want, rtol=1e-5, atol=1e-5)
+    rows = {
+        tuple(np.round(v.numpy(), 5)): (variant, i)
+        for variant in range(4)
+        for i, v in enumerate(path.train_variants[variant])
+    }
+    seen = []
+    for _ in range(4):
+        epoch = [rows[tuple(np.round(x.numpy(), 5))] for xb, _ in path.batches(True) for x in xb]
+        assert sorted(i for _, i in epoch) == list(range(100))  # every image once per epoch
+        seen += [variant for variant, _ in epoch]
+    counts = np.bincount(seen, minlength=4)
+    assert counts.min() > 60  # 400 draws over 4 variants: about 100 each
+
+    small = _Trainer(
+        LENET, train, val, cfg, Callbacks(), torch.device("cpu"), None, _Decoding(1, 4 * 84 * 4 * 99), None
+    )
+    assert small.path.name == "augmented"
 
 
 @pytest.mark.parametrize(("unfreeze", "data_path"), [("last:2", "cached"), ("gradual", "augmented")])

@@ -25,6 +25,7 @@ PROBE_START_LR = 1e-4
 # at geometrically spaced rates (fastai's ``slice(lr / 100, lr)``), whatever the number of stages.
 DISCRIMINATIVE_SPAN = 0.01
 DATA_PATHS = ("auto", "cached", "augmented")
+CACHEABLE_AUGMENTATIONS = ("hflip", "vflip")  # finite: the cached path runs the frozen part once per variant
 
 
 @dataclass(frozen=True)
@@ -110,11 +111,12 @@ class FinetuneConfig:
         return self.policy.kind != "all" if self.bn_eval is None else bool(self.bn_eval)
 
     def resolved_data_path(self) -> str:
-        """ "cached" when the frozen part can be run once (no augmentation, a fixed cut), else "augmented"."""
+        """ "cached" when the frozen part can be run once per image variant (a fixed cut; no augmentation but
+        flips, whose few variants it caches), else "augmented"."""
         if self.data_path != "auto":
             return self.data_path
         fixed_cut = self.policy.kind in ("head", "last")
-        return "cached" if fixed_cut and not self.augment else "augmented"
+        return "cached" if fixed_cut and set(self.augment) <= set(CACHEABLE_AUGMENTATIONS) else "augmented"
 
     @classmethod
     def from_dict(cls, body: dict[str, Any] | None, *, num_stages: int | None = None) -> FinetuneConfig:
@@ -171,10 +173,11 @@ class FinetuneConfig:
                 f"unfreeze 'last:{policy.n}' asks for more stages than the backbone has ({num_stages})",
                 details={"field": "unfreeze", "num_stages": num_stages},
             )
-        if self.data_path == "cached" and (self.augment or policy.kind in ("all", "gradual")):
+        random_ops = [name for name in self.augment if name not in CACHEABLE_AUGMENTATIONS]
+        if self.data_path == "cached" and (random_ops or policy.kind in ("all", "gradual")):
             raise InvalidInput(
-                "data_path 'cached' runs the frozen part once, so it allows neither augmentation nor "
-                f"unfreeze {str(policy)!r}; use 'augmented' or 'auto'",
+                "data_path 'cached' runs the frozen part once per flip variant, so it allows no augmentation "
+                f"but {list(CACHEABLE_AUGMENTATIONS)} and no unfreeze {str(policy)!r}; use 'augmented' or 'auto'",
                 details={"field": "data_path"},
             )
 

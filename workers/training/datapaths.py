@@ -3,7 +3,9 @@
 - :class:`CachedPath` runs the frozen prefix ONCE over the un-augmented train and val images (streamed: decoded
   a batch at a time) and keeps its output — the pooled features when only the head trains, else the
   activation at the cut — so every epoch only runs the trainable tail on tensors (DESIGN: "run the base
-  once and save the output").
+  once and save the output"). Flips are a finite set of images: with ``hflip``/``vflip`` it runs the prefix
+  once per flip variant of the training images (2 or 4) and every epoch draws each image's variant at
+  random — the distribution of the augmented path's random flips at the cost of one pass per variant.
 - :class:`AugmentedPath` re-runs the frozen prefix (without autograd) every batch on freshly augmented
   images (DESIGN: "re-run the frozen base every epoch so that data augmentation can be used"), decoded per
   batch every epoch (or taken from the decoded-image cache while it has room).
@@ -36,6 +38,7 @@ from workers.training.data import (
 )
 from workers.training.device import Precision
 
+FLIPS = {"hflip": -1, "vflip": -2}  # the augmentations the cached path can hold, and the axis each flips
 CACHE_ON_DEVICE_BYTES = 2 * 2**30  # cached activations up to this size live on the GPU, bigger ones in pinned RAM
 
 
@@ -136,26 +139,35 @@ class CachedPath:
         generator: torch.Generator,
         precision: Precision,
         callbacks: Callbacks,
+        flips: tuple[str, ...] = (),
     ) -> None:
         self.split = Split(model, cut)
         self.precision, self.batch_size, self.generator = precision, batch_size, generator
         self.transform = batch_transform(prep, train=False)
         model.eval()
-        self.inputs = {
-            True: self._run_prefix(data.train_x, data.threads, callbacks),
-            False: self._run_prefix(data.val_x, data.threads, callbacks),
-        }
+        axes = [FLIPS[name] for name in flips]  # KeyError: not a flip; the config allows no other augmentation
+        variants = [[a for i, a in enumerate(axes) if mask >> i & 1] for mask in range(2 ** len(axes))]
+        # (variants, N, ...): variant 0 is the images as they are, the others every combination of the flips
+        self.train_variants = torch.stack(
+            [self._run_prefix(data.train_x, data.threads, callbacks, flip) for flip in variants]
+        )
+        self.inputs = {True: self.train_variants[0], False: self._run_prefix(data.val_x, data.threads, callbacks)}
         self.labels = {True: data.train_y.to(self.inputs[True].device), False: data.val_y.to(self.inputs[False].device)}
 
     @torch.no_grad()
-    def _run_prefix(self, images: DecodedImages, threads: int, callbacks: Callbacks) -> torch.Tensor:
-        """The one pass of the frozen prefix (eval mode, in order, no augmentation) over one split."""
+    def _run_prefix(
+        self, images: DecodedImages, threads: int, callbacks: Callbacks, flip: list[int] | None = None
+    ) -> torch.Tensor:
+        """The one pass of the frozen prefix (eval mode, in order) over one split, its images flipped along
+        ``flip``'s axes."""
         orders = in_order(len(images), 2 * self.batch_size)
         labels = torch.zeros(len(images), dtype=torch.long)
         loader = ImageBatches(images, labels, orders, threads=threads, pin_memory=self.precision.cuda)
         outputs = []
         for done, (batch, _) in enumerate(loader, 1):
             callbacks.check_stop()
+            if flip:
+                batch = batch.flip(flip)
             with self.precision.autocast():
                 outputs.append(self.split.prefix(self.transform(self.precision.to_device(batch))).float())
             callbacks.progress("cache", done, len(loader))
@@ -182,9 +194,22 @@ class CachedPath:
         return math.ceil(len(self.labels[train]) / self._size(train))
 
     def batches(self, train: bool) -> Iterator[Batch]:
+        if train and len(self.train_variants) > 1:
+            yield from self._flipped_batches()
+            return
         gen = self.generator if train else None
         for x, y in tensor_batches(self.inputs[train], self.labels[train], self._size(train), gen):
             yield self.precision.to_device(x), y.to(self.precision.device, non_blocking=self.precision.cuda)
+
+    def _flipped_batches(self) -> Iterator[Batch]:
+        """Shuffled training batches, each image in a variant drawn uniformly (each flip with probability 1/2)."""
+        n, size, variants = len(self.labels[True]), self._size(True), self.train_variants
+        order = torch.randperm(n, generator=self.generator)
+        drawn = torch.randint(len(variants), (n,), generator=self.generator)
+        for start in range(0, n, size):
+            idx, var = order[start : start + size], drawn[start : start + size]
+            x = variants[var.to(variants.device), idx.to(variants.device)]
+            yield self.precision.to_device(x), self.labels[True][idx.to(self.labels[True].device)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.split.tail(x)

@@ -26,6 +26,7 @@ from workers.training import rng
 from workers.training.augment import batch_transform
 from workers.training.callbacks import Callbacks
 from workers.training.config import FinetuneConfig
+from workers.training.cut import Split
 from workers.training.data import (
     DECODE_THREADS,
     DECODED_CACHE_BYTES,
@@ -114,6 +115,8 @@ def finetune(
             pretrained,
             _Decoding(decode_threads, decoded_cache_bytes),
             pca,
+            # a run resumes on the path it started on (an earlier version resolved "auto" otherwise)
+            resume_state.get("data_path") if resume_state is not None and cfg.data_path == "auto" else None,
         )
         return trainer.fit(resume_state, probe_features, probe_val_features)
 
@@ -136,7 +139,9 @@ class _Trainer:
         pretrained: bool | None,
         decoding: _Decoding,
         pca: tuple[torch.Tensor, torch.Tensor] | None,
+        path_name: str | None = None,
     ) -> None:
+        """``path_name``: the data path to take instead of the config's (a resumed run keeps its own)."""
         from workers.backbones import load_model
 
         if len(train) == 0:
@@ -160,7 +165,7 @@ class _Trainer:
         self.bn_eval = cfg.resolved_bn_eval()
         self.scaler = self.precision.grad_scaler()
         self.pca = pca
-        self.path = self._data_path(train, val, decoding, pca)
+        self.path = self._data_path(train, val, decoding, pca, path_name)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": 0, "key": [math.inf, math.inf], "state": None}
         self.bad_epochs = 0
@@ -178,7 +183,12 @@ class _Trainer:
         return {"params": list(self.head.parameters()), "lr": lr, "base_lr": lr, "name": "head"}
 
     def _data_path(
-        self, train: Samples, val: Samples, decoding: _Decoding, pca: tuple[torch.Tensor, torch.Tensor] | None
+        self,
+        train: Samples,
+        val: Samples,
+        decoding: _Decoding,
+        pca: tuple[torch.Tensor, torch.Tensor] | None,
+        path_name: str | None,
     ) -> DataPath:
         prep, cfg = self.spec.preprocessing, self.cfg
         train_cache, val_cache = split_budget(decoding.cache_bytes, len(train), len(val))
@@ -190,7 +200,10 @@ class _Trainer:
             threads=decoding.threads,
         )
         self.data = data
-        if cfg.resolved_data_path() == "cached":
+        name = path_name or cfg.resolved_data_path()
+        if name == "cached" and path_name is None and cfg.data_path == "auto" and cfg.augment:
+            name = "cached" if self._variants_fit(len(train), decoding.cache_bytes) else "augmented"
+        if name == "cached":
             return CachedPath(
                 self.model,
                 data,
@@ -200,6 +213,7 @@ class _Trainer:
                 generator=self.generator,
                 precision=self.precision,
                 callbacks=self.cb,
+                flips=cfg.augment,
             )
         if "pca_color" in cfg.augment and pca is None:
             pca = sampled_rgb_pca(data.train_x, seed=cfg.seed, threads=decoding.threads)
@@ -214,6 +228,17 @@ class _Trainer:
             generator=self.generator,
             precision=self.precision,
         )
+
+    @torch.no_grad()
+    def _variants_fit(self, num_images: int, budget_bytes: int) -> bool:
+        """Whether the frozen prefix's output for every flip variant of every training image fits in the
+        decoded-image budget (else the augmented path streams them); measured on one blank image."""
+        size = self.spec.preprocessing.input_size
+        channels = 1 if self.spec.preprocessing.grayscale else 3
+        self.model.eval()
+        cut = Split(self.model, self.schedule.first_trainable(0))
+        out = cut.prefix(torch.zeros(1, channels, size, size, device=self.precision.device))
+        return out.numel() * 4 * 2 ** len(self.cfg.augment) * num_images <= budget_bytes
 
     # --- the epoch loop -------------------------------------------------------------------------------------
 
