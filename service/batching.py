@@ -58,7 +58,9 @@ class MicroBatcher:
         """Rows of ``runner(batch)``, computed together with other callers' rows for the same ``key``;
         ``Overloaded`` when the key's queue is full or the answer is not ready within the deadline."""
         loop = asyncio.get_running_loop()
-        lane = self._lanes.setdefault(key, _Lane())
+        lane = self._lanes.get(key)
+        if lane is None and self.window_s <= 0:  # the model is idle: nothing to merge with, straight to the engine
+            return await self._run_alone(loop, key, batch, runner)
         if lane.waiting and lane.rows + len(batch) > self.queue_size:
             self.shed += 1
             raise Overloaded(
@@ -76,6 +78,32 @@ class MicroBatcher:
         except TimeoutError:
             self.shed += 1
             future.cancel()  # a batch that has not taken it yet skips it
+            raise Overloaded(
+                f"the prediction was not ready within {self.deadline_s:g} s (the model is overloaded); retry shortly"
+            ) from None
+
+    async def _run_alone(
+        self, loop: asyncio.AbstractEventLoop, key: str, batch: np.ndarray, runner: Runner
+    ) -> np.ndarray:
+        """One caller's batch on the engine at once. Its lane is held as for any batch until the forward pass
+        ends (even past the caller's deadline), so callers arriving meanwhile queue and go together next."""
+        lane = self._lanes[key] = _Lane(running=True)
+        work = loop.run_in_executor(self._executor, runner, batch)
+
+        def finished(done: asyncio.Future[np.ndarray]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self.batches_run += 1
+            if lane.waiting:
+                loop.create_task(self._drain(key, lane))
+            else:
+                lane.running = False
+                self._lanes.pop(key, None)
+
+        work.add_done_callback(finished)
+        try:
+            return await asyncio.wait_for(asyncio.shield(work), self.deadline_s)
+        except TimeoutError:
+            self.shed += 1
             raise Overloaded(
                 f"the prediction was not ready within {self.deadline_s:g} s (the model is overloaded); retry shortly"
             ) from None

@@ -310,3 +310,33 @@ def test_the_predict_routes_limit_through_redis_on_the_loop(db: str, api_key: st
         ]
         assert len(ratelimit._ASYNC_LIMITERS) >= 1  # counted by the loop's own Redis client
     assert codes == [404] * limit + [429]
+
+
+def test_a_lone_request_runs_at_once_and_later_arrivals_go_together() -> None:
+    """No timer and no queue for a caller that finds its model idle; callers that arrive while its forward
+    pass runs wait and are merged into the next batch."""
+    from service.batching import MicroBatcher
+
+    batcher = MicroBatcher(max_batch=8, deadline_s=60)
+    started, release, blocked = _blocked_runner()
+    sizes: list[int] = []
+
+    def runner(x: np.ndarray) -> np.ndarray:
+        sizes.append(len(x))
+        return blocked(x) if len(sizes) == 1 else x
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.submit("m", np.zeros((1, 1)), runner))
+        await asyncio.to_thread(started.wait, 60)  # on the engine without waiting for company
+        assert batcher.waiting_rows("m") == 0
+        later = [asyncio.ensure_future(batcher.submit("m", np.full((1, 1), i), runner)) for i in range(1, 4)]
+        await asyncio.sleep(0)  # let the three enqueue (one loop turn, not a wait for time)
+        assert batcher.waiting_rows("m") == 3
+        release.set()
+        outs = await asyncio.gather(first, *later)
+        assert [int(o[0, 0]) for o in outs] == [0, 1, 2, 3]
+        assert (await batcher.submit("m", np.full((1, 1), 7), runner) == 7).all()  # idle again: alone
+
+    asyncio.run(main())
+    assert sizes == [1, 3, 1] and batcher.batches_run == 3 and batcher.waiting_rows("m") == 0
+    batcher.close()
