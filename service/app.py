@@ -14,6 +14,7 @@ from core.settings import get_settings
 from service.batching import MicroBatcher
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
+from service.ratelimit import close_async_limiters
 from service.routes import aliases, backbones, datasets, features, health, images, jobs, models, similarity, ui, usage
 from service.streams import StreamSlots
 
@@ -79,6 +80,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if sweeper is not None:
         sweeper.stop()
     app.state.batcher.close()
+    await close_async_limiters()
     from core.db import dispose_engines
 
     dispose_engines()

@@ -1,8 +1,9 @@
 """Dynamic micro-batching: concurrent predict requests for the same model are merged into one forward
 pass. Nothing waits on a timer: a request that finds the model idle runs at once; requests that arrive
 while a batch is running queue up and go together as the next batch (up to ``max_batch`` rows). So a lone
-caller pays no batching delay, and under load batches grow by themselves. Compute runs on one thread: on
-a 2-core machine more threads only fight with request handling.
+caller pays no batching delay, and under load batches grow by themselves (``run_alone`` even lets an idle
+model's caller send its decoding along, in the same trip to the engine). Compute runs on one thread: on a
+2-core machine more threads only fight with request handling.
 
 Backpressure, as Triton's ``max_queue_size`` and queue timeout: each model's queue holds at most
 ``queue_size`` waiting images, and a request waits at most ``deadline_s``; beyond either it is answered
@@ -14,12 +15,15 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 
 from core.errors import Overloaded
 
 Runner = Callable[[np.ndarray], np.ndarray]
+T = TypeVar("T")
 
 
 @dataclass
@@ -58,6 +62,8 @@ class MicroBatcher:
         """Rows of ``runner(batch)``, computed together with other callers' rows for the same ``key``;
         ``Overloaded`` when the key's queue is full or the answer is not ready within the deadline."""
         loop = asyncio.get_running_loop()
+        if self.idle(key):  # nothing to merge with: no queue, straight to the engine
+            return await self.run_alone(key, partial(runner, batch))
         lane = self._lanes.setdefault(key, _Lane())
         if lane.waiting and lane.rows + len(batch) > self.queue_size:
             self.shed += 1
@@ -76,6 +82,38 @@ class MicroBatcher:
         except TimeoutError:
             self.shed += 1
             future.cancel()  # a batch that has not taken it yet skips it
+            raise Overloaded(
+                f"the prediction was not ready within {self.deadline_s:g} s (the model is overloaded); retry shortly"
+            ) from None
+
+    def idle(self, key: str) -> bool:
+        """Nothing of ``key`` is queued or running (and no window to wait for company): ``run_alone`` may run."""
+        return key not in self._lanes and self.window_s <= 0
+
+    async def run_alone(self, key: str, job: Callable[[], T]) -> T:
+        """``job`` (one caller's forward pass, with whatever must precede it) on the inference thread at once,
+        for an idle ``key``. Its lane is held as for any batch until the job ends, even past the caller's
+        deadline, so that callers arriving meanwhile queue and go together next."""
+        if not self.idle(key):
+            raise RuntimeError(f"run_alone needs an idle lane; {key!r} is busy")
+        loop = asyncio.get_running_loop()
+        lane = self._lanes[key] = _Lane(running=True)
+        work = loop.run_in_executor(self._executor, job)
+
+        def finished(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self.batches_run += 1
+            if lane.waiting:
+                loop.create_task(self._drain(key, lane))
+            else:
+                lane.running = False
+                self._lanes.pop(key, None)
+
+        work.add_done_callback(finished)
+        try:
+            return await asyncio.wait_for(asyncio.shield(work), self.deadline_s)
+        except TimeoutError:
+            self.shed += 1
             raise Overloaded(
                 f"the prediction was not ready within {self.deadline_s:g} s (the model is overloaded); retry shortly"
             ) from None

@@ -19,12 +19,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from core.db import session_scope
 from core.errors import ForbiddenScope
 from core.settings import Settings, get_settings
 from core.tenancy import Caller, authenticate, key_digest
-from service.ratelimit import check_rate
+from service.ratelimit import check_rate, check_rate_async
 
 
 def get_session() -> Iterator[Session]:
@@ -53,14 +54,21 @@ class KeyCache:
         self._lock = threading.Lock()
         self.max_entries = max_entries
 
+    def peek(self, token: str, ttl_s: float) -> Caller | None:
+        """The cached caller of a valid ``token`` still within its time, else None; never a query."""
+        if ttl_s <= 0:
+            return None
+        with self._lock:
+            hit = self._entries.get(key_digest(token))
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
     def get(self, token: str, ttl_s: float) -> Caller:
         if ttl_s <= 0:
             return _authenticate_in_db(token)
+        cached = self.peek(token, ttl_s)
+        if cached is not None:
+            return cached
         digest, now = key_digest(token), time.monotonic()
-        with self._lock:
-            hit = self._entries.get(digest)
-        if hit is not None and hit[1] > now:
-            return hit[0]
         caller = _authenticate_in_db(token)
         with self._lock:
             self._entries[digest] = (caller, now + ttl_s)
@@ -117,9 +125,16 @@ def get_tenant_id(request: Request) -> str:
     return caller.tenant_id
 
 
-def get_predict_tenant_id(request: Request) -> str:
-    """The caller's tenant, for a key of any scope: the prediction routes."""
-    return get_caller(request).tenant_id
+async def get_predict_tenant_id(request: Request) -> str:
+    """The caller's tenant, for a key of any scope: the prediction routes. On the event loop: a key in the
+    cache and the rate check (asyncio Redis, or memory) cost no trip to the thread pool; only a key to look
+    up in the database goes there."""
+    token = bearer_token(request)
+    caller = KEYS.peek(token, get_settings().auth_cache_s) if token else None
+    if caller is None:
+        caller = await run_in_threadpool(_authenticate, token)
+    await check_rate_async(caller.tenant_id)
+    return caller.tenant_id
 
 
 TenantDep = Annotated[str, Depends(get_tenant_id)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
@@ -107,6 +108,11 @@ def _prepare(tenant_id: str, model_id: str, payload: list[tuple[str, bytes]], tt
     return predictor, batch, augment(batch.pixels, tta) if batch.pixels is not None else None
 
 
+def _decode_and_predict(predictor: Any, payload: list[tuple[str, bytes]], tta: list[str]) -> tuple[Any, Any]:
+    batch = decode_files(payload, predictor.spec)
+    return batch, predictor.predict_proba(augment(batch.pixels, tta)) if batch.pixels is not None else None
+
+
 TTA_DESCRIPTION = (
     f"test-time augmentation, repeatable ({', '.join(TTA)}): each image's preprocessed pixels are also run "
     "flipped, in the same batch, and the probabilities averaged"
@@ -124,15 +130,21 @@ async def predict_files(
     tta: list[str] | None = None,
 ) -> dict[str, Any]:
     """The predictions of one model for uploaded files: the body of ``POST .../predict``, by id or alias.
-    With ``tta`` the variants go through the micro-batcher as extra rows of the same request (the
-    computation of ``inference.predict_images``)."""
+    With ``tta`` the variants are extra rows of the request's forward pass (the computation of
+    ``inference.predict_images``). A model with nothing queued or running takes the request at once, decoding
+    included, on its inference thread; a busy one gets it decoded in the thread pool, to batch with the rest."""
     augmentations = check_tta(tta or [])
     payload = await read_files(files, settings)
-    predictor, batch, pixels = await run_in_threadpool(_prepare, tenant_id, model_id, payload, augmentations)
-    rows: list[dict[str, Any]] = []
-    if pixels is not None:
-        probs = await request.app.state.batcher.submit(model_id, pixels, predictor.predict_proba)
-        rows = top_k_rows(predictor.labels, merge(probs, augmentations), top_k)
+    batcher = request.app.state.batcher
+    predictor = PREDICTORS.fresh(tenant_id, model_id)
+    if predictor is not None and batcher.idle(model_id):
+        # Nothing to merge with: decode and forward pass in one trip to the inference thread.
+        job = partial(_decode_and_predict, predictor, payload, augmentations)
+        batch, probs = await batcher.run_alone(model_id, job)
+    else:  # the lookup (a query, a build) and the decoding in the thread pool, while the model is busy
+        predictor, batch, pixels = await run_in_threadpool(_prepare, tenant_id, model_id, payload, augmentations)
+        probs = None if pixels is None else await batcher.submit(model_id, pixels, predictor.predict_proba)
+    rows = [] if probs is None else top_k_rows(predictor.labels, merge(probs, augmentations), top_k)
     return {"model_id": model_id, "predictions": per_file(batch, rows), "tta": augmentations or None}
 
 

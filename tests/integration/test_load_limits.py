@@ -91,3 +91,28 @@ def test_two_api_processes_share_one_rate_limit_per_tenant(two_apis: tuple[list[
         assert refused.json()["error"]["code"] == "rate_limited"
         assert 1 <= int(refused.headers["Retry-After"]) <= 60
     assert httpx.get(f"{a}/v1/datasets", headers=auth(other), timeout=30).status_code == 200  # per tenant
+
+
+def test_the_predict_route_counts_against_the_same_limit_across_processes(
+    two_apis: tuple[list[str], str, str],
+) -> None:
+    """The prediction routes count on the event loop (asyncio Redis), the others in the thread pool: one
+    counter per tenant all the same, in every process."""
+    (a, b), key, _ = two_apis
+    files = [("files", ("x.png", b"not a png", "image/png"))]
+
+    def predict(base: str) -> httpx.Response:
+        return httpx.post(f"{base}/v1/models/md_nope/predict", headers=auth(key), files=files, timeout=30)
+
+    def listing(base: str) -> int:
+        return httpx.get(f"{base}/v1/datasets", headers=auth(key), timeout=30).status_code
+
+    # a listing through one process, a prediction through the other, in turn
+    answers = [predict(b).status_code if i % 2 else listing(a) for i in range(LIMIT)]
+    assert answers == [200, 404] * (LIMIT // 2)
+    for base in (a, b):
+        refused = predict(base)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert listing(b) == 429

@@ -152,3 +152,191 @@ def test_a_rate_limit_that_does_not_parse_is_refused_at_start(monkeypatch) -> No
     monkeypatch.setenv("TLSERVE_RATE_LIMIT", "lots/sometimes")
     with pytest.raises(ValidationError, match="rate_limit"):
         Settings()
+
+
+def test_the_predict_routes_count_on_the_loop_against_the_same_limit(db: str, api_key: str, monkeypatch) -> None:
+    """The prediction routes check the rate on the event loop; they count against the same per-tenant limit
+    as every other route, and answer 429 with Retry-After past it (before any model lookup)."""
+    from service.app import create_app
+
+    monkeypatch.setenv("TLSERVE_RATE_LIMIT", "3/minute")
+    reset_caches()
+    files = [("files", ("a.png", b"not a png", "image/png"))]
+    with TestClient(create_app()) as client:
+        assert client.get("/v1/datasets", headers=auth(api_key)).status_code == 200
+        for _ in range(2):
+            assert client.post("/v1/models/md_nope/predict", headers=auth(api_key), files=files).status_code == 404
+        resp = client.post("/v1/models/md_nope/predict", headers=auth(api_key), files=files)
+        assert resp.status_code == 429, resp.text
+        assert resp.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(resp.headers["Retry-After"]) <= 60
+        assert client.get("/v1/datasets", headers=auth(api_key)).status_code == 429  # one counter
+
+
+def test_a_cached_key_takes_the_predict_path_through_no_thread(db: str, api_key: str, monkeypatch) -> None:
+    from service import deps
+    from service.app import create_app
+
+    lookups: list[str | None] = []
+    real = deps.run_in_threadpool
+
+    async def counting(fn, *args):  # type: ignore[no-untyped-def]
+        lookups.append(args[0] if args else None)
+        return await real(fn, *args)
+
+    monkeypatch.setattr(deps, "run_in_threadpool", counting)
+    deps.KEYS.clear()
+    files = [("files", ("a.png", b"not a png", "image/png"))]
+    with TestClient(create_app()) as client:
+        for _ in range(3):
+            assert client.post("/v1/models/md_nope/predict", headers=auth(api_key), files=files).status_code == 404
+        bad = client.post("/v1/models/md_nope/predict", headers=auth("tls_000000000000_nothing"), files=files)
+        assert bad.status_code == 401
+        assert client.post("/v1/models/md_nope/predict", files=files).status_code == 401
+    assert lookups == [api_key, "tls_000000000000_nothing", None]  # the key's first use only, then junk
+    deps.KEYS.clear()
+
+
+def _async_limiter_on(url: str, rates: str):  # type: ignore[no-untyped-def]
+    from limits.storage import storage_from_string
+
+    from service.ratelimit import AsyncTenantLimiter
+
+    storage = storage_from_string(
+        f"async+{url}", key_prefix="tlserve-rate-test", implementation="redispy", socket_connect_timeout=0.5
+    )
+    return AsyncTenantLimiter(rates, storage)
+
+
+def test_the_loop_and_the_thread_pool_share_the_redis_counters() -> None:
+    import redis
+    from limits.storage import storage_from_string
+
+    from core.errors import RateLimited
+    from service.ratelimit import TenantLimiter
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError:
+        pytest.skip(f"Redis not reachable at {REDIS_URL}")
+    tenant = f"tn_{uuid.uuid4().hex[:12]}"
+    threaded = TenantLimiter("4/minute", storage_from_string(REDIS_URL, key_prefix="tlserve-rate-test"))
+    threaded.check(tenant)
+    threaded.check(tenant)
+
+    async def main() -> RateLimited:
+        on_loop = _async_limiter_on(REDIS_URL, "4/minute")
+        try:
+            await on_loop.check(tenant)
+            await on_loop.check(tenant)
+            with pytest.raises(RateLimited) as refused:
+                await on_loop.check(tenant)
+            return refused.value
+        finally:
+            await on_loop.storage.bridge.storage.aclose()
+
+    refused = asyncio.run(main())
+    assert refused.status_code == 429 and 1 <= refused.retry_after <= 60
+    with pytest.raises(RateLimited):
+        threaded.check(tenant)
+
+
+def test_the_loop_limiter_fails_open_when_redis_is_down() -> None:
+    from service import ratelimit
+
+    async def main() -> list[bool]:
+        limiter = _async_limiter_on(f"redis://127.0.0.1:{_closed_port()}/0", "1/minute")
+        answered = []
+        for _ in range(3):
+            await limiter.check("tn_any")  # never refused
+            answered.append(limiter._outage.down())
+        return answered
+
+    assert asyncio.run(main()) == [True, True, True]  # the first error turned the checks off for a while
+    assert ratelimit.OUTAGE_BACKOFF_S > 0
+
+
+def test_the_in_memory_counter_starts_no_thread_per_request(monkeypatch) -> None:
+    """``limits``' stock in-memory storage starts a purge timer thread on a write whenever the last one has
+    ended (10 ms later): a thread per request at a modest rate. Ours purges inline, now and then."""
+    import limits.storage.memory as memory
+    from limits import parse
+    from limits.strategies import SlidingWindowCounterRateLimiter
+
+    from service.ratelimit import SweepingMemoryStorage
+
+    started: list[object] = []
+
+    class Timer:  # a purge timer that has always already ended
+        def __init__(self, *args: object) -> None:
+            started.append(self)
+
+        def start(self) -> None:
+            pass
+
+        def is_alive(self) -> bool:
+            return False
+
+    monkeypatch.setattr(memory.threading, "Timer", Timer)
+    limiter = SlidingWindowCounterRateLimiter(SweepingMemoryStorage())
+    item = parse("3/minute")
+    assert [limiter.hit(item, "tenant", "t") for _ in range(4)] == [True, True, True, False]
+    assert len(started) <= 1  # the one its constructor starts
+    stock = SlidingWindowCounterRateLimiter(memory.MemoryStorage())
+    for _ in range(4):
+        stock.hit(item, "tenant", "t")
+    assert len(started) >= 4  # what it replaces
+
+
+def test_the_predict_routes_limit_through_redis_on_the_loop(db: str, api_key: str, monkeypatch) -> None:
+    import redis
+
+    from service import ratelimit
+    from service.app import create_app
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError:
+        pytest.skip(f"Redis not reachable at {REDIS_URL}")
+    monkeypatch.setenv("TLSERVE_RATE_LIMIT", "3/minute")  # the tenant is new: so are its counters
+    monkeypatch.setenv("TLSERVE_RATE_LIMIT_STORAGE_URL", REDIS_URL)
+    reset_caches()
+    limit = 3
+    files = [("files", ("a.png", b"not a png", "image/png"))]
+    with TestClient(create_app()) as client:
+        codes = [
+            client.post("/v1/models/md_nope/predict", headers=auth(api_key), files=files).status_code
+            for _ in range(limit + 1)
+        ]
+        assert len(ratelimit._ASYNC_LIMITERS) >= 1  # counted by the loop's own Redis client
+    assert codes == [404] * limit + [429]
+
+
+def test_a_lone_request_runs_at_once_and_later_arrivals_go_together() -> None:
+    """No timer and no queue for a caller that finds its model idle; callers that arrive while its forward
+    pass runs wait and are merged into the next batch."""
+    from service.batching import MicroBatcher
+
+    batcher = MicroBatcher(max_batch=8, deadline_s=60)
+    started, release, blocked = _blocked_runner()
+    sizes: list[int] = []
+
+    def runner(x: np.ndarray) -> np.ndarray:
+        sizes.append(len(x))
+        return blocked(x) if len(sizes) == 1 else x
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.submit("m", np.zeros((1, 1)), runner))
+        await asyncio.to_thread(started.wait, 60)  # on the engine without waiting for company
+        assert batcher.waiting_rows("m") == 0
+        later = [asyncio.ensure_future(batcher.submit("m", np.full((1, 1), i), runner)) for i in range(1, 4)]
+        await asyncio.sleep(0)  # let the three enqueue (one loop turn, not a wait for time)
+        assert batcher.waiting_rows("m") == 3
+        release.set()
+        outs = await asyncio.gather(first, *later)
+        assert [int(o[0, 0]) for o in outs] == [0, 1, 2, 3]
+        assert (await batcher.submit("m", np.full((1, 1), 7), runner) == 7).all()  # idle again: alone
+
+    asyncio.run(main())
+    assert sizes == [1, 3, 1] and batcher.batches_run == 3 and batcher.waiting_rows("m") == 0
+    batcher.close()

@@ -120,6 +120,14 @@ def test_a_prediction_waiting_in_the_batcher_holds_no_database_connection(env, p
 
             return await super().submit(key_, batch, gated)
 
+        async def run_alone(self, key_, job):  # type: ignore[no-untyped-def]
+            def gated():  # type: ignore[no-untyped-def]
+                started.set()
+                release.wait(60)
+                return job()
+
+            return await super().run_alone(key_, gated)
+
     app = client.app
     kept, app.state.batcher = app.state.batcher, Gated()
     name, _, data = _test_images(1)[0]
@@ -371,3 +379,48 @@ def test_a_probe_exports_as_one_onnx_graph_that_reproduces_the_service(env, prob
     assert client.get("/v1/models/mdl_nope/export", headers=auth(key)).status_code == 404
     other = client.get(f"/v1/models/{probe['id']}/export", headers=auth(key), params={"format": "tflite"})
     assert other.status_code == 422
+
+
+def test_an_idle_model_decodes_and_predicts_in_one_trip(env, probe, monkeypatch) -> None:
+    """With its predictor loaded and nothing of the model queued, a request's decoding and forward pass go
+    to the inference thread together (nothing in the thread pool), and answer as the pooled way does,
+    per-file errors included."""
+    from core.settings import get_settings
+    from service.routes import models as routes
+    from workers.runtime.serving import PREDICTORS
+
+    client, key, _ = env
+    monkeypatch.setattr(get_settings(), "serving_revalidate_s", 3600.0)  # no re-check due in this test
+    (name, _, data), (other, _, data2) = _test_images(2)
+    url = f"/v1/models/{probe['id']}/predict"
+    bodies = {
+        "one": [("files", (name, data))],
+        "mixed": [("files", ("bad.png", b"not an image")), ("files", (other, data2))],
+        "all bad": [("files", ("bad.png", b"not an image"))],
+    }
+    with monkeypatch.context() as m:
+        m.setattr(PREDICTORS, "fresh", lambda *_: None)  # the pooled way: lookup and decoding in the pool
+        pooled = {k: client.post(url, headers=auth(key), files=v, data={"top_k": "2"}) for k, v in bodies.items()}
+    assert all(r.status_code == 200 for r in pooled.values()), pooled
+    assert PREDICTORS.fresh(_tenant_of(key), probe["id"]) is not None  # loaded, confirmed just now
+
+    trips: list[str] = []
+    real = routes.run_in_threadpool
+
+    async def counting(fn, *args):  # type: ignore[no-untyped-def]
+        trips.append(fn.__name__)
+        return await real(fn, *args)
+
+    monkeypatch.setattr(routes, "run_in_threadpool", counting)
+    ran = client.app.state.batcher.batches_run
+    alone = {k: client.post(url, headers=auth(key), files=v, data={"top_k": "2"}) for k, v in bodies.items()}
+    assert trips == [] and client.app.state.batcher.batches_run == ran + 3
+    for k in bodies:
+        assert alone[k].status_code == 200 and alone[k].json() == pooled[k].json(), k
+    assert "error" in alone["mixed"].json()["predictions"][0] and "label" in alone["mixed"].json()["predictions"][1]
+
+
+def _tenant_of(key: str) -> str:
+    from service import deps
+
+    return deps._authenticate(key).tenant_id

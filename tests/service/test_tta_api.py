@@ -99,28 +99,34 @@ def test_both_flips_average_three_variants_and_a_bad_file_keeps_its_own_error(en
     np.testing.assert_allclose(_probs(preds[1:]), sum(_probs(p) for p in parts) / 3, atol=1e-5)
 
 
-def test_the_variants_go_through_the_micro_batcher_as_extra_rows(env) -> None:
+def test_the_variants_go_through_the_micro_batcher_as_extra_rows(env, monkeypatch) -> None:
+    import threading
+
     from service.batching import MicroBatcher
+    from workers.runtime.serving import Predictor
 
     client, key, models = env
-    rows: list[int] = []
+    rows: list[tuple[int, str]] = []
+    forward = Predictor.predict_proba
 
-    class Counting(MicroBatcher):
-        async def submit(self, key_, batch, runner):  # type: ignore[no-untyped-def]
-            rows.append(len(batch))
-            return await super().submit(key_, batch, runner)
+    def counting(self: Predictor, pixels: np.ndarray) -> np.ndarray:
+        rows.append((len(pixels), threading.current_thread().name.split("_")[0]))
+        return forward(self, pixels)
 
+    monkeypatch.setattr(Predictor, "predict_proba", counting)
     app = client.app
-    kept, app.state.batcher = app.state.batcher, Counting()
+    kept, app.state.batcher = app.state.batcher, MicroBatcher()
     try:
         path = f"/v1/models/{models['finetune']}/predict"
         assert _predict(client, key, path, _images(3)).status_code == 200
         assert _predict(client, key, path, _images(3), ["hflip"]).status_code == 200
         assert _predict(client, key, path, _images(3), ["hflip", "vflip"]).status_code == 200
+        batches = app.state.batcher.batches_run
     finally:
         app.state.batcher.close()
         app.state.batcher = kept
-    assert rows == [3, 6, 9]  # one submission per request: the original rows, then each variant's
+    # one forward pass per request, on the batcher's thread: the original rows, then each variant's
+    assert rows == [(3, "tlserve-infer"), (6, "tlserve-infer"), (9, "tlserve-infer")] and batches == 3
 
 
 def test_an_unknown_augmentation_is_refused_with_the_allowed_values(env) -> None:

@@ -132,6 +132,14 @@ class PredictorCache:
         self._build, self._stamp = build, stamp
         self._epoch = 0
 
+    def fresh(self, tenant_id: str, model_id: str) -> Predictor | None:
+        """The cached predictor while it needs no re-check (no query, no build), else None: a lookup that
+        never blocks, for the event loop; ``get`` does the rest, off it."""
+        entry: _Entry | None = self._lru.peek((tenant_id, model_id))
+        if entry is not None and time.monotonic() - entry.checked_at < get_settings().serving_revalidate_s:
+            return entry.predictor
+        return None
+
     def get(self, tenant_id: str, model_id: str) -> Predictor:
         key = (tenant_id, model_id)
         entry: _Entry | None = self._lru.peek(key)
