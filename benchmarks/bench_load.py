@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from bench_predict import train_probe
-from common import ROOT, api_server, isolated_env, write_result
+from common import ROOT, api_server, isolated_env, rate_limit_storage, write_result
 
 PHASE_LIMIT_S = 300.0  # a phase stops sending after this long, whatever is left
 REQUEST_TIMEOUT_S = 30.0
@@ -173,6 +173,7 @@ def main() -> None:
         {
             "backbone": "efficientnet_lite0",
             "head": "logistic",
+            "rate_limit_storage": "redis" if rate_limit_storage().startswith("redis") else "memory",
             "image": "300x300 PNG (a real Fashion-MNIST image enlarged), one per request",
             "server": "tlserve api (uvicorn, one process), jobs in-process (memory://), SQLite",
             "note": (

@@ -18,7 +18,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from common import api_server, ingest_sample, isolated_env, process_cpu_seconds, run_job_here, write_result
+from common import (
+    api_server,
+    ingest_sample,
+    isolated_env,
+    process_cpu_seconds,
+    rate_limit_storage,
+    run_job_here,
+    write_result,
+)
 
 TIME_LIMIT_S = 120.0
 
@@ -166,6 +174,7 @@ def main() -> None:
         {
             "backbone": "efficientnet_lite0",
             "head": "logistic",
+            "rate_limit_storage": "redis" if rate_limit_storage().startswith("redis") else "memory",
             "image": f"{side}x{side} PNG ({'Fashion-MNIST' if source == 'fashion' else 'scikit-learn digits'})",
             "threads": {"ort": get_settings().ort_threads, "inference": get_settings().inference_threads},
             "bare_in_process": b,

@@ -163,17 +163,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+BENCH_REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+def rate_limit_storage() -> str:
+    """Where the benchmark server counts rate limits: in Redis, as a deployed service does (the broker's),
+    when one answers on the default port; else in memory. Recorded in the results."""
+    import redis
+
+    try:
+        redis.Redis.from_url(BENCH_REDIS_URL, socket_connect_timeout=0.5).ping()
+    except redis.RedisError:
+        return "memory://"
+    return BENCH_REDIS_URL
+
+
 @contextmanager
 def api_server(data_dir: Path) -> Iterator[tuple[str, Any]]:
-    """``tlserve api`` on a free loopback port over ``data_dir`` (jobs in-process), once it answers
-    ``/healthz``: yields (base URL, the server's Popen); terminated on exit."""
+    """``tlserve api`` on a free loopback port over ``data_dir`` (jobs in-process; rate limits counted where
+    :func:`rate_limit_storage` says), once it answers ``/healthz``: yields (base URL, the server's Popen);
+    terminated on exit."""
     import subprocess
     import time
 
     import httpx
 
     port = free_port()
-    env = {**os.environ, "TLSERVE_DATA_DIR": str(data_dir), "TLSERVE_BROKER_URL": "memory://"}
+    env = {
+        **os.environ,
+        "TLSERVE_DATA_DIR": str(data_dir),
+        "TLSERVE_BROKER_URL": "memory://",
+        "TLSERVE_RATE_LIMIT_STORAGE_URL": rate_limit_storage(),
+    }
     server = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "api", "--port", str(port)],
         cwd=ROOT,

@@ -98,30 +98,6 @@ class AsyncTenantLimiter:
             self._outage.failed(exc)
 
 
-class SweepingMemoryStorage(MemoryStorage):
-    """``limits``' in-process storage, without a thread per request. Its stock version starts a 10 ms timer
-    thread to purge expired counters whenever the previous one has ended: at under 100 requests a second,
-    a new thread for every request, a few tenths of a millisecond of its latency. A counter is expired
-    when it is read anyway; this one purges the rest at most once a second, inline."""
-
-    SWEEP_EVERY_S = 1.0
-
-    def __init__(self, uri: str | None = None, **options: str) -> None:
-        super().__init__(uri, **options)
-        self._next_sweep = time.monotonic() + self.SWEEP_EVERY_S
-        self._sweep_lock = threading.Lock()
-
-    def _MemoryStorage__schedule_expiry(self) -> None:  # the stock storage's per-write hook
-        now = time.monotonic()
-        if now < self._next_sweep or not self._sweep_lock.acquire(blocking=False):
-            return
-        try:
-            self._next_sweep = now + self.SWEEP_EVERY_S
-            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
-        finally:
-            self._sweep_lock.release()
-
-
 def _is_redis(url: str) -> bool:
     return url.startswith(("redis://", "rediss://"))
 
@@ -131,7 +107,7 @@ def _limiter(rates: str, storage_url: str) -> TenantLimiter:
     if _is_redis(storage_url):
         storage: Storage = storage_from_string(storage_url, key_prefix=KEY_PREFIX, **REDIS_OPTIONS)
     else:
-        storage = SweepingMemoryStorage()
+        storage = MemoryStorage()
     return TenantLimiter(rates, storage)
 
 

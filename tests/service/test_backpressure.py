@@ -256,38 +256,6 @@ def test_the_loop_limiter_fails_open_when_redis_is_down() -> None:
     assert ratelimit.OUTAGE_BACKOFF_S > 0
 
 
-def test_the_in_memory_counter_starts_no_thread_per_request(monkeypatch) -> None:
-    """``limits``' stock in-memory storage starts a purge timer thread on a write whenever the last one has
-    ended (10 ms later): a thread per request at a modest rate. Ours purges inline, now and then."""
-    import limits.storage.memory as memory
-    from limits import parse
-    from limits.strategies import SlidingWindowCounterRateLimiter
-
-    from service.ratelimit import SweepingMemoryStorage
-
-    started: list[object] = []
-
-    class Timer:  # a purge timer that has always already ended
-        def __init__(self, *args: object) -> None:
-            started.append(self)
-
-        def start(self) -> None:
-            pass
-
-        def is_alive(self) -> bool:
-            return False
-
-    monkeypatch.setattr(memory.threading, "Timer", Timer)
-    limiter = SlidingWindowCounterRateLimiter(SweepingMemoryStorage())
-    item = parse("3/minute")
-    assert [limiter.hit(item, "tenant", "t") for _ in range(4)] == [True, True, True, False]
-    assert len(started) <= 1  # the one its constructor starts
-    stock = SlidingWindowCounterRateLimiter(memory.MemoryStorage())
-    for _ in range(4):
-        stock.hit(item, "tenant", "t")
-    assert len(started) >= 4  # what it replaces
-
-
 def test_the_predict_routes_limit_through_redis_on_the_loop(db: str, api_key: str, monkeypatch) -> None:
     import redis
 
