@@ -204,6 +204,27 @@ def test_a_trained_epoch_that_wins_is_trained_again_on_train_and_val() -> None:
     assert not torch.equal(kept.state_dict["net.classifier.weight"], result.state_dict["net.classifier.weight"])
 
 
+def test_the_refit_runs_the_frozen_part_only_over_the_validation_images(monkeypatch) -> None:
+    """Head only with flips: the refit's train + val begin with the training images, whose frozen-trunk
+    outputs (every flip variant) the selection run already holds; only the validation images are run."""
+    from workers.training.datapaths import CachedPath
+
+    runs: list[tuple[int, int]] = []
+    real = CachedPath._run_prefix
+
+    def counting(self, images, threads, callbacks, flip=None, start=0):  # type: ignore[no-untyped-def]
+        runs.append((len(images) - start, len(flip or [])))
+        return real(self, images, threads, callbacks, flip, start)
+
+    monkeypatch.setattr(CachedPath, "_run_prefix", counting)
+    train, val = digit_split(20, 10)
+    cfg = FinetuneConfig(epochs=1, unfreeze="head", augment=("hflip",), head_init="random")
+    result = finetune(LENET, train, val, cfg)
+    assert result.refit is not None and result.data_path == "cached"
+    # the selection run: train as is and flipped, val; the refit: val's 100 images as is and flipped, no val
+    assert runs == [(200, 0), (200, 1), (100, 0), (100, 0), (100, 1), (0, 0)]
+
+
 @pytest.mark.parametrize("unfreeze", ["head", "last:1"])
 def test_the_kept_model_starts_from_the_probe_of_train_and_val(unfreeze: str) -> None:
     """Whichever epoch wins — the probe (refitted) or a trained one (trained again) — the probe the kept model

@@ -29,9 +29,20 @@ _REGISTRY: dict[str, BackboneSpec] = {}
 
 # Stages each architecture's wrapper exposes (checked against ``stages()`` for every entry by the tests).
 _NUM_STAGES = {
-    "alexnet": 4, "efficientnet_b0": 9, "efficientnet_lite0": 9, "efficientnet_lite1": 9, "efficientnet_lite2": 9,
-    "googlenet": 4, "lenet5": 4, "mobilenet_v3_large": 18, "mobilenet_v3_small": 14, "resnet18": 5, "resnet50": 5,
-    "squeezenet1_1": 4, "vgg11": 6, "vgg16": 6,
+    "alexnet": 4,
+    "efficientnet_b0": 9,
+    "efficientnet_lite0": 9,
+    "efficientnet_lite1": 9,
+    "efficientnet_lite2": 9,
+    "googlenet": 4,
+    "lenet5": 4,
+    "mobilenet_v3_large": 18,
+    "mobilenet_v3_small": 14,
+    "resnet18": 5,
+    "resnet50": 5,
+    "squeezenet1_1": 4,
+    "vgg11": 6,
+    "vgg16": 6,
 }
 
 

@@ -140,7 +140,10 @@ class CachedPath:
         precision: Precision,
         callbacks: Callbacks,
         flips: tuple[str, ...] = (),
+        known: torch.Tensor | None = None,
     ) -> None:
+        """``known``: the prefix's outputs, per variant, for the first training images (another run's
+        ``train_variants`` with the same frozen prefix and flips): only the rest are run."""
         self.split = Split(model, cut)
         self.precision, self.batch_size, self.generator = precision, batch_size, generator
         self.transform = batch_transform(prep, train=False)
@@ -148,19 +151,21 @@ class CachedPath:
         axes = [FLIPS[name] for name in flips]  # KeyError: not a flip; the config allows no other augmentation
         variants = [[a for i, a in enumerate(axes) if mask >> i & 1] for mask in range(2 ** len(axes))]
         # (variants, N, ...): variant 0 is the images as they are, the others every combination of the flips
-        self.train_variants = torch.stack(
-            [self._run_prefix(data.train_x, data.threads, callbacks, flip) for flip in variants]
-        )
+        start = 0 if known is None else known.shape[1]
+        computed = [self._run_prefix(data.train_x, data.threads, callbacks, flip, start) for flip in variants]
+        if known is not None:
+            computed = [torch.cat([known[v].to(c.device), c]) if len(c) else known[v] for v, c in enumerate(computed)]
+        self.train_variants = torch.stack(computed)
         self.inputs = {True: self.train_variants[0], False: self._run_prefix(data.val_x, data.threads, callbacks)}
         self.labels = {True: data.train_y.to(self.inputs[True].device), False: data.val_y.to(self.inputs[False].device)}
 
     @torch.no_grad()
     def _run_prefix(
-        self, images: DecodedImages, threads: int, callbacks: Callbacks, flip: list[int] | None = None
+        self, images: DecodedImages, threads: int, callbacks: Callbacks, flip: list[int] | None = None, start: int = 0
     ) -> torch.Tensor:
-        """The one pass of the frozen prefix (eval mode, in order) over one split, its images flipped along
-        ``flip``'s axes."""
-        orders = in_order(len(images), 2 * self.batch_size)
+        """The one pass of the frozen prefix (eval mode, in order) over one split from image ``start`` on, its
+        images flipped along ``flip``'s axes."""
+        orders = [[start + i for i in rows] for rows in in_order(len(images) - start, 2 * self.batch_size)]
         labels = torch.zeros(len(images), dtype=torch.long)
         loader = ImageBatches(images, labels, orders, threads=threads, pin_memory=self.precision.cuda)
         outputs = []

@@ -140,8 +140,10 @@ class _Trainer:
         decoding: _Decoding,
         pca: tuple[torch.Tensor, torch.Tensor] | None,
         path_name: str | None = None,
+        known_prefix: torch.Tensor | None = None,
     ) -> None:
-        """``path_name``: the data path to take instead of the config's (a resumed run keeps its own)."""
+        """``path_name``: the data path to take instead of the config's (a resumed run keeps its own);
+        ``known_prefix``: the cached path's outputs for the first training images, from an earlier run."""
         from workers.backbones import load_model
 
         if len(train) == 0:
@@ -165,7 +167,7 @@ class _Trainer:
         self.bn_eval = cfg.resolved_bn_eval()
         self.scaler = self.precision.grad_scaler()
         self.pca = pca
-        self.path = self._data_path(train, val, decoding, pca, path_name)
+        self.path = self._data_path(train, val, decoding, pca, path_name, known_prefix)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": 0, "key": [math.inf, math.inf], "state": None}
         self.bad_epochs = 0
@@ -189,6 +191,7 @@ class _Trainer:
         decoding: _Decoding,
         pca: tuple[torch.Tensor, torch.Tensor] | None,
         path_name: str | None,
+        known_prefix: torch.Tensor | None = None,
     ) -> DataPath:
         prep, cfg = self.spec.preprocessing, self.cfg
         train_cache, val_cache = split_budget(decoding.cache_bytes, len(train), len(val))
@@ -214,6 +217,7 @@ class _Trainer:
                 precision=self.precision,
                 callbacks=self.cb,
                 flips=cfg.augment,
+                known=known_prefix,
             )
         if "pca_color" in cfg.augment and pca is None:
             pca = sampled_rgb_pca(data.train_x, seed=cfg.seed, threads=decoding.threads)
@@ -462,8 +466,19 @@ class _Trainer:
             on_progress=None if on_progress is None else lambda _stage, done, total: on_progress("refit", done, total),
         )
         empty = Samples([], [], list(self.classes))
+        # train + val start with the training images: their frozen-prefix outputs are already cached
+        known = self.path.train_variants if isinstance(self.path, CachedPath) else None
         trainer = _Trainer(
-            self.spec, joined(train, val), empty, cfg, callbacks, self.device, self.pretrained, self.decoding, self.pca
+            self.spec,
+            joined(train, val),
+            empty,
+            cfg,
+            callbacks,
+            self.device,
+            self.pretrained,
+            self.decoding,
+            self.pca,
+            known_prefix=known,
         )
         trainer.run_for(epochs, features)
         return trainer
