@@ -2,8 +2,8 @@
 registered backbone — by default the linear probe of the training split folded into it (LP-FT), so epoch 0
 is the probe — the freeze schedule, one of the two data paths, the optimizer with a warm-up + cosine
 schedule and discriminative rates (or a learning-rate range test for ``lr: "auto"``), the best epoch by the
-monitored validation metric kept (epoch 0, the probe, among the candidates), early stopping, checkpoints
-every epoch and an exact resume.
+monitored validation metric picked (epoch 0, the probe, among the candidates) and then trained again on
+train + val (``refit``), early stopping, checkpoints every epoch and an exact resume.
 """
 
 from __future__ import annotations
