@@ -111,16 +111,21 @@ def test_the_default_limits_are_far_above_one_busy_user(db: str, api_key: str) -
         assert all(client.get("/v1/datasets", headers=auth(api_key)).status_code == 200 for _ in range(150))
 
 
-def test_rate_limits_hold_across_processes_through_redis() -> None:
+def _require_redis() -> None:
     import redis
-    from limits.storage import storage_from_string
-
-    from service.ratelimit import TenantLimiter
 
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
     except redis.RedisError:
         pytest.skip(f"Redis not reachable at {REDIS_URL}")
+
+
+def test_rate_limits_hold_across_processes_through_redis() -> None:
+    from limits.storage import storage_from_string
+
+    from service.ratelimit import TenantLimiter
+
+    _require_redis()
     tenant = f"tn_{uuid.uuid4().hex[:12]}"
     # two API processes: two limiters, each with its own connection, on the same Redis
     a = TenantLimiter("4/minute", storage_from_string(REDIS_URL, key_prefix="tlserve-rate-test"))
@@ -209,16 +214,12 @@ def _async_limiter_on(url: str, rates: str):  # type: ignore[no-untyped-def]
 
 
 def test_the_loop_and_the_thread_pool_share_the_redis_counters() -> None:
-    import redis
     from limits.storage import storage_from_string
 
     from core.errors import RateLimited
     from service.ratelimit import TenantLimiter
 
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError:
-        pytest.skip(f"Redis not reachable at {REDIS_URL}")
+    _require_redis()
     tenant = f"tn_{uuid.uuid4().hex[:12]}"
     threaded = TenantLimiter("4/minute", storage_from_string(REDIS_URL, key_prefix="tlserve-rate-test"))
     threaded.check(tenant)
@@ -257,15 +258,11 @@ def test_the_loop_limiter_fails_open_when_redis_is_down() -> None:
 
 
 def test_the_predict_routes_limit_through_redis_on_the_loop(db: str, api_key: str, monkeypatch) -> None:
-    import redis
 
     from service import ratelimit
     from service.app import create_app
 
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError:
-        pytest.skip(f"Redis not reachable at {REDIS_URL}")
+    _require_redis()
     monkeypatch.setenv("TLSERVE_RATE_LIMIT", "3/minute")  # the tenant is new: so are its counters
     monkeypatch.setenv("TLSERVE_RATE_LIMIT_STORAGE_URL", REDIS_URL)
     reset_caches()
