@@ -76,7 +76,8 @@ def test_a_request_past_its_deadline_is_shed_and_its_rows_are_skipped() -> None:
         release.set()
         with pytest.raises(Overloaded):
             await running  # that one too was past its deadline
-        assert (await batcher.submit("m", np.ones((1, 1)), counting) == 1).all()  # the model serves again
+        batcher.deadline_s = 60  # the model serves again (a loaded machine may take more than 50 ms to answer)
+        assert (await batcher.submit("m", np.ones((1, 1)), counting) == 1).all()
 
     asyncio.run(main())
     assert seen == [1]  # the shed request's two rows were never computed
