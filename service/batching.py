@@ -77,14 +77,7 @@ class MicroBatcher:
         if not lane.running:
             lane.running = True
             loop.create_task(self._drain(key, lane))
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), self.deadline_s)
-        except TimeoutError:
-            self.shed += 1
-            future.cancel()  # a batch that has not taken it yet skips it
-            raise Overloaded(
-                f"the prediction was not ready within {self.deadline_s:g} s (the model is overloaded); retry shortly"
-            ) from None
+        return await self._within_deadline(future, cancel_late=True)  # a batch not yet holding it skips it
 
     def idle(self, key: str) -> bool:
         """Nothing of ``key`` is queued or running (and no window to wait for company): ``run_alone`` may run."""
@@ -110,10 +103,16 @@ class MicroBatcher:
                 self._lanes.pop(key, None)
 
         work.add_done_callback(finished)
+        return await self._within_deadline(work, cancel_late=False)  # the job runs on: its lane stays held
+
+    async def _within_deadline(self, answer: asyncio.Future[T], *, cancel_late: bool) -> T:
+        """``answer`` once ready, or ``Overloaded`` (counted as shed) past ``deadline_s``."""
         try:
-            return await asyncio.wait_for(asyncio.shield(work), self.deadline_s)
+            return await asyncio.wait_for(asyncio.shield(answer), self.deadline_s)
         except TimeoutError:
             self.shed += 1
+            if cancel_late:
+                answer.cancel()
             raise Overloaded(
                 f"the prediction was not ready within {self.deadline_s:g} s (the model is overloaded); retry shortly"
             ) from None
