@@ -25,7 +25,10 @@ PROBE_START_LR = 1e-4
 # at geometrically spaced rates (fastai's ``slice(lr / 100, lr)``), whatever the number of stages.
 DISCRIMINATIVE_SPAN = 0.01
 DATA_PATHS = ("auto", "cached", "augmented")
-CACHEABLE_AUGMENTATIONS = ("hflip", "vflip")  # finite: the cached path runs the frozen part once per variant
+# The augmentations the cached path can hold — flips, each by the image axis (of C×H×W) it reverses: a finite
+# set of variants, so the frozen part runs once per variant.
+FLIP_AXES = {"hflip": -1, "vflip": -2}
+CACHEABLE_AUGMENTATIONS = tuple(FLIP_AXES)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from workers.backbones.network import BackboneModel
 from workers.backbones.spec import Preprocessing
 from workers.training.augment import batch_transform, image_ops
 from workers.training.callbacks import Callbacks
+from workers.training.config import FLIP_AXES
 from workers.training.cut import Split
 from workers.training.data import (
     DECODE_THREADS,
@@ -38,7 +39,6 @@ from workers.training.data import (
 )
 from workers.training.device import Precision
 
-FLIPS = {"hflip": -1, "vflip": -2}  # the augmentations the cached path can hold, and the axis each flips
 CACHE_ON_DEVICE_BYTES = 2 * 2**30  # cached activations up to this size live on the GPU, bigger ones in pinned RAM
 
 
@@ -148,7 +148,7 @@ class CachedPath:
         self.precision, self.batch_size, self.generator = precision, batch_size, generator
         self.transform = batch_transform(prep, train=False)
         model.eval()
-        axes = [FLIPS[name] for name in flips]  # KeyError: not a flip; the config allows no other augmentation
+        axes = [FLIP_AXES[name] for name in flips]  # KeyError: not a flip; the config allows no other augmentation
         variants = [[a for i, a in enumerate(axes) if mask >> i & 1] for mask in range(2 ** len(axes))]
         # (variants, N, ...): variant 0 is the images as they are, the others every combination of the flips
         start = 0 if known is None else known.shape[1]
